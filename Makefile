@@ -1,0 +1,44 @@
+# One-command set-up: `make train` and `make test` create .venv and install the pinned stack first.
+# Pins: requirements/constraints.txt. Order (DESIGN.md "Dependency facts"): torch==2.13.0 first (the
+# local CPU build; a bare `torch` would pull CUDA), then the stack with numpy<2, then the packages whose
+# own pins do not install on Python 3.11 (safety-gymnasium, gymnasium-robotics, omnisafe) with --no-deps.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+PIN := -c requirements/constraints.txt
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+STACK := numpy gymnasium mujoco pettingzoo pygame xmltodict imageio \
+	cvxpy cvxpylayers diffcp qpth \
+	pandas tensorboard wandb typer seaborn matplotlib moviepy gdown \
+	pyyaml rich pytest hypothesis setuptools wheel
+NODEPS := safety-gymnasium gymnasium-robotics omnisafe
+
+.PHONY: venv train test test-all list clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements/constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install $(PIN) torch==2.13.0
+	$(PIP) install $(PIN) $(STACK)
+	$(PIP) install $(PIN) --no-deps $(NODEPS)
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PY) -c "import torch, numpy, cvxpylayers, qpth, safemeta; assert numpy.__version__ < '2'"
+	touch $(STAMP)
+
+# The main job: meta-train the default preset on the built-in default task family.
+train: $(STAMP)
+	$(VENV)/bin/safemeta train $(ARGS)
+
+# The default test suite (fast; includes the tests marked safety_gym).
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+list: $(STAMP)
+	$(VENV)/bin/safemeta list
+
+clean-venv:
+	rm -rf $(VENV)

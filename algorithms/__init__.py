@@ -1,0 +1,1 @@
+"""Inner solvers (`safemeta.algorithms.inner`) and outer updaters (`safemeta.algorithms.outer`)."""

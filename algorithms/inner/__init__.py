@@ -1,0 +1,1 @@
+"""Inner solvers: one task-batched policy update per call (registry ``inner``)."""

@@ -1,0 +1,89 @@
+"""The `InnerSolver` contract (DESIGN.md "Contracts").
+
+An inner solver maps per-task stacked actor parameters and a `Batch` (advantages filled in) to new
+parameters, for all N tasks of the batch at once. Its per-task state (multipliers, step sizes, the
+cost limit d) is a dict of ``[N]`` tensors so it can be checkpointed and set from outside.
+
+Capabilities are class attributes that outer updaters check:
+- ``supports_differentiable``: ``step(..., differentiable=True)`` keeps the graph from the returned
+  parameters back to the input parameters (needed by Meta-CPO);
+- ``supports_step_size``: a per-task step size in ``state["step_size"]`` is honoured (Meta-SRL).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from safemeta.batch import Batch
+from safemeta.params import Params
+from safemeta.policy import GaussianActor, batched, gaussian_kl, gaussian_log_prob
+
+State = dict[str, Tensor]
+
+
+class InnerSolver(ABC):
+    Config: ClassVar[type]
+    supports_differentiable: ClassVar[bool] = False
+    supports_step_size: ClassVar[bool] = False
+
+    def __init__(self, cfg: Any, actor: GaussianActor):
+        self.cfg = cfg
+        self.actor = actor
+        self.actor_fn = batched(actor)
+
+    def init_state(self, n_tasks: int, cost_limit: float | Tensor, **overrides: Tensor) -> State:
+        """Fresh per-task state; ``overrides`` (e.g. ``lagrange`` from a meta multiplier) replace defaults."""
+        d = torch.as_tensor(cost_limit, dtype=torch.float32).expand(n_tasks).clone()
+        state = {"cost_limit": d, **self.default_state(n_tasks)}
+        for k, v in overrides.items():
+            if k not in state:
+                raise KeyError(f"{type(self).__name__} has no state '{k}' (has: {', '.join(state)})")
+            state[k] = torch.as_tensor(v, dtype=torch.float32).expand(n_tasks).clone()
+        return state
+
+    def default_state(self, n_tasks: int) -> State:
+        return {}
+
+    @abstractmethod
+    def step(self, params: Params, batch: Batch, state: State, differentiable: bool = False
+             ) -> tuple[Params, State, dict[str, Tensor]]:
+        """One update for every task; returns new params, new state and per-task ``[N]`` diagnostics."""
+
+    @abstractmethod
+    def advantages(self, batch: Batch, state: State) -> Tensor:
+        """The per-task advantage the policy step ascends, ``[N, T, E]``."""
+
+    # -- shared pieces of the policy-gradient objective -------------------------------------------
+    def log_prob(self, params: Params, batch: Batch) -> Tensor:
+        n, t, e = batch.logp.shape
+        mean, log_std = self.actor_fn(params, batch.obs.reshape(n, t * e, -1))
+        return gaussian_log_prob(batch.act.reshape(n, t * e, -1), mean, log_std).reshape(n, t, e)
+
+    def surrogate(self, params: Params, batch: Batch, adv: Tensor) -> Tensor:
+        """L(theta) = E[pi_theta(a|s) / pi_old(a|s) * A], per task ``[N]`` (TRPO eq. 14)."""
+        ratio = torch.exp(self.log_prob(params, batch) - batch.logp)
+        return (ratio * adv).mean(dim=(1, 2))
+
+    def objective(self, params: Params, batch: Batch, state: State) -> Tensor:
+        """The per-task objective an outer updater differentiates after adaptation."""
+        return self.surrogate(params, batch, self.advantages(batch, state).detach())
+
+    def mean_kl(self, old: Params, new: Params, batch: Batch) -> Tensor:
+        """Mean over visited states of KL(pi_old(.|s) || pi_new(.|s)), per task ``[N]``."""
+        n, t, e = batch.logp.shape
+        obs = batch.obs.reshape(n, t * e, -1)
+        with torch.no_grad():
+            m0, s0 = self.actor_fn(old, obs)
+        m1, s1 = self.actor_fn(new, obs)
+        return gaussian_kl(m0, s0, m1, s1).mean(dim=1)
+
+
+def normalize(x: Tensor, center_only: bool = False, eps: float = 1e-8) -> Tensor:
+    """Per-task standardization over ``[N, T, E]`` (or centering only)."""
+    mean = x.mean(dim=(1, 2), keepdim=True)
+    if center_only:
+        return x - mean
+    return (x - mean) / (x.std(dim=(1, 2), keepdim=True) + eps)

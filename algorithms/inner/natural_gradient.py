@@ -1,0 +1,82 @@
+"""Task-batched natural-gradient machinery shared by the trust-region solvers.
+
+Everything works on ``[N, P]`` flat per-task vectors. Because each task's loss depends only on its own
+parameter slice, the gradient of the *sum* of per-task losses is the stack of per-task gradients and
+the Hessian-vector product of the summed KL is block diagonal, so one autograd call serves all tasks.
+
+- Fisher-vector product: F v = d/dtheta ( (d KL / dtheta) . v ) + damping * v  (Schulman et al. 2015, App. C)
+- Conjugate gradient solves F x = g for every task at once (per-task alpha and beta).
+- Backtracking line search accepts, per task, the largest fraction of the step whose KL <= delta and
+  whose surrogate improves.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from safemeta.params import Params, add, detach, flat, select, unflat
+
+
+def flat_grad(value: Tensor, params: Params, create_graph: bool = False, retain_graph: bool | None = None) -> Tensor:
+    grads = torch.autograd.grad(value, list(params.values()), create_graph=create_graph, retain_graph=retain_graph,
+                                allow_unused=True)
+    return flat({k: (g if g is not None else torch.zeros_like(v)) for (k, v), g in zip(params.items(), grads)})
+
+
+def fisher_vector_product(kl_fn: Callable[[Params], Tensor], params: Params, damping: float
+                          ) -> Callable[[Tensor], Tensor]:
+    """``v[N,P] -> F v`` with F the Hessian of the per-task mean KL at ``params``."""
+    p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    grad_kl = flat_grad(kl_fn(p).sum(), p, create_graph=True)
+
+    def fvp(v: Tensor) -> Tensor:
+        return flat_grad((grad_kl * v).sum(), p, retain_graph=True) + damping * v
+
+    return fvp
+
+
+def conjugate_gradient(avp: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float = 1e-10) -> Tensor:
+    """Solve A x = b for every row of ``b[N,P]`` (A symmetric positive definite per task)."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = (r * r).sum(-1)
+    for _ in range(iters):
+        if bool((rr < tol).all()):
+            break
+        ap = avp(p)
+        alpha = rr / (p * ap).sum(-1).clamp(min=1e-12)
+        alpha = torch.where(rr < tol, torch.zeros_like(alpha), alpha)
+        x = x + alpha.unsqueeze(-1) * p
+        r = r - alpha.unsqueeze(-1) * ap
+        rr_new = (r * r).sum(-1)
+        p = r + (rr_new / rr.clamp(min=1e-12)).unsqueeze(-1) * p
+        rr = rr_new
+    return x
+
+
+def backtracking_line_search(params: Params, full_step: Tensor, accept: Callable[[Params], Tensor],
+                             decay: float, max_backtracks: int) -> tuple[Params, Tensor, Tensor]:
+    """Per task, take the first ``decay**j * full_step`` that ``accept`` (-> [N] bool) allows.
+
+    Returns new params, the accepted fraction per task (0 where nothing was accepted, params kept) and
+    the accepted mask.
+    """
+    start = detach(params)
+    n = full_step.shape[0]
+    accepted = torch.zeros(n, dtype=torch.bool)
+    fraction = torch.zeros(n)
+    new = start
+    for j in range(max_backtracks):
+        frac = decay**j
+        cand = add(start, unflat(full_step, start), frac)
+        with torch.no_grad():
+            ok = accept(cand) & ~accepted
+        new = select(new, ok, cand)
+        fraction = torch.where(ok, torch.full_like(fraction, frac), fraction)
+        accepted |= ok
+        if bool(accepted.all()):
+            break
+    return new, fraction, accepted

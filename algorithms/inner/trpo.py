@@ -1,0 +1,78 @@
+"""TRPO inner solver (Schulman et al. 2015), batched over tasks.
+
+Per task i (eq. numbers of the TRPO paper):
+- surrogate L_i(theta) = E[ pi_theta(a|s) / pi_old(a|s) * A_i ]                           (eq. 14)
+- g_i = grad L_i at theta_old; x_i = F_i^{-1} g_i by conjugate gradient, F_i the Hessian of the
+  mean KL (the Fisher matrix), with damping                                                 (App. C)
+- full step s_i = sqrt(2 delta / x_i^T F_i x_i) x_i, then backtracking until
+  KL(pi_old || pi_new) <= delta and L_i improves                                            (App. C)
+A = standardized GAE of reward. Unconstrained: the cost is ignored (the baseline `fomaml_trpo`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from safemeta.algorithms.inner.base import InnerSolver, State, normalize
+from safemeta.algorithms.inner.natural_gradient import (backtracking_line_search, conjugate_gradient,
+                                                fisher_vector_product, flat_grad)
+from safemeta.batch import Batch
+from safemeta.config.schema import spec
+from safemeta.params import Params, detach
+from safemeta.registry import register_inner
+
+
+@dataclass
+class TRPOConfig:
+    max_kl: float = spec(0.01, gt=0, doc="delta, the trust-region radius in mean KL")
+    cg_iters: int = spec(10, ge=1)
+    cg_damping: float = spec(0.1, ge=0)
+    backtrack_decay: float = spec(0.8, gt=0, lt=1)
+    max_backtracks: int = spec(15, ge=1)
+
+
+class TrustRegionSolver(InnerSolver):
+    """The TRPO update on ``self.advantages``; subclasses change the advantage and the state."""
+
+    def step(self, params: Params, batch: Batch, state: State, differentiable: bool = False
+             ) -> tuple[Params, State, dict[str, Tensor]]:
+        if differentiable:
+            raise NotImplementedError(f"{type(self).__name__} has no differentiable step")
+        state = self.before_step(batch, state)
+        adv = self.advantages(batch, state).detach()
+        old = detach(params)
+        p = {k: v.requires_grad_(True) for k, v in detach(params).items()}
+        surr_old = self.surrogate(p, batch, adv)
+        g = flat_grad(surr_old.sum(), p)
+        surr_old = surr_old.detach()
+        fvp = fisher_vector_product(lambda q: self.mean_kl(old, q, batch), old, self.cfg.cg_damping)
+        x = conjugate_gradient(fvp, g, self.cfg.cg_iters)
+        xfx = (x * fvp(x)).sum(-1).clamp(min=1e-12)
+        beta = torch.sqrt(2 * self.cfg.max_kl / xfx)
+        full_step = (beta.unsqueeze(-1) * x).detach()
+
+        def accept(cand: Params) -> Tensor:
+            kl = self.mean_kl(old, cand, batch)
+            return (kl <= self.cfg.max_kl) & (self.surrogate(cand, batch, adv) > surr_old)
+
+        new, frac, ok = backtracking_line_search(old, full_step, accept, self.cfg.backtrack_decay,
+                                                 self.cfg.max_backtracks)
+        with torch.no_grad():
+            kl = self.mean_kl(old, new, batch)
+            improve = self.surrogate(new, batch, adv) - surr_old
+        info = {"kl": kl, "surrogate_gain": improve, "step_fraction": frac, "accepted": ok.float(),
+                **{k: v for k, v in state.items() if k != "cost_limit"}}
+        return new, state, info
+
+    def before_step(self, batch: Batch, state: State) -> State:
+        return state
+
+
+@register_inner("trpo", "TRPO: natural gradient + KL trust region on the reward (unconstrained)")
+class TRPO(TrustRegionSolver):
+    Config = TRPOConfig
+
+    def advantages(self, batch: Batch, state: State) -> Tensor:
+        return normalize(batch.adv_r)

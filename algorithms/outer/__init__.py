@@ -1,0 +1,1 @@
+"""Outer updaters: the meta update from per-task adaptation results (registry ``outer``)."""

@@ -1,0 +1,51 @@
+"""``pooled``: no meta-learning; one policy trained by the inner solver on the pooled training tasks.
+
+Each iteration the meta-policy's rollouts on the M sampled tasks are merged into one task's batch
+(``Batch.pooled``), a single persistent critic pair is fitted on it, and one inner step updates theta.
+This is the ``pretrained`` baseline: a good average policy, adapted at meta-test like the others.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from safemeta.adaptation import AdaptationResult
+from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
+from safemeta.params import stack
+from safemeta.registry import register_outer
+from safemeta.task import Task
+
+
+@dataclass
+class PooledConfig:
+    pass
+
+
+@register_outer("pooled", "no meta-learning: the inner solver trains one policy on all tasks pooled")
+class Pooled(OuterUpdater):
+    Config = PooledConfig
+    adapt = False
+    needs_post_rollout = False
+
+    def __init__(self, cfg: PooledConfig, ctx: OuterContext):
+        super().__init__(cfg, ctx)
+        self.critics = ctx.meta.critics_for(1)
+        self.state = ctx.inner.init_state(1, ctx.family.cost_limit_for("train"))
+
+    def update(self, result: AdaptationResult, tasks: list[Task]) -> dict[str, float]:
+        batch = result.batches[0].pooled()
+        batch, self.critics = self.ctx.critics.fit_and_annotate(batch, self.critics)
+        theta = self.ctx.meta.theta
+        new, self.state, info = self.ctx.inner.step(stack({k: v.detach() for k, v in theta.items()}, 1), batch,
+                                                    self.state)
+        with torch.no_grad():
+            for k, p in theta.items():
+                p.copy_(new[k][0])
+        return {f"pooled_{k}": float(v.mean()) for k, v in info.items()}
+
+    def state_dict(self) -> dict:
+        return {"critics": self.critics, "state": self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.critics, self.state = state["critics"], state["state"]

@@ -1,0 +1,1 @@
+"""Task families (registry ``env``). Each module registers its family with ``@register_env``."""

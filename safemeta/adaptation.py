@@ -1,0 +1,65 @@
+"""Per-task adaptation: K inner steps for every task of a `VecCMDP` at once.
+
+    theta_0 = initial params (stacked per task)
+    for k in 0..K-1:  batch_k = collect(theta_k);  fit critics, GAE;  theta_{k+1} = inner.step(theta_k, batch_k)
+    optionally batch_K = collect(theta_K)  (the post-adaptation rollout an outer updater needs)
+
+Every step uses fresh rollouts of the *current* local policy (unlike the Meta-CPO reference code,
+which reused the meta-policy's first samples). With ``differentiable=True`` the returned parameters
+keep the graph to theta_0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from safemeta.algorithms.inner.base import InnerSolver, State
+from safemeta.batch import Batch
+from safemeta.collector import Collector
+from safemeta.critics import CriticParams, Critics
+from safemeta.params import Params
+from safemeta.vec_cmdp import VecCMDP
+
+
+@dataclass
+class AdaptationResult:
+    params: list[Params]  # theta_0 .. theta_K, [N, ...] each
+    batches: list[Batch]  # batch_k collected with theta_k (k = 0..K, the last only with final_rollout)
+    state: State  # the inner solver's state after the K steps
+    critics: CriticParams
+    infos: list[dict[str, Tensor]] = field(default_factory=list)
+
+    @property
+    def env_steps(self) -> int:
+        return sum(b.env_steps for b in self.batches)
+
+    def episode_cost_paid(self) -> float:
+        """Sum over batches and tasks of the episodic cost actually incurred while collecting."""
+        return float(sum((b.ep_cost * b.ep_count).sum() for b in self.batches))
+
+
+class Adapter:
+    def __init__(self, collector: Collector, critics: Critics, inner: InnerSolver):
+        self.collector, self.critics, self.inner = collector, critics, inner
+
+    def rollout(self, params: Params, venv: VecCMDP, critic_params: CriticParams, episodes_per_env: int,
+                gen: torch.Generator) -> tuple[Batch, CriticParams]:
+        batch = self.collector.collect(params, venv, episodes_per_env, gen)
+        return self.critics.fit_and_annotate(batch, critic_params)
+
+    def adapt(self, init: Params, venv: VecCMDP, steps: int, state: State, critic_params: CriticParams,
+              episodes_per_env: int, gen: torch.Generator, final_rollout: bool = True,
+              differentiable: bool = False) -> AdaptationResult:
+        params, batches, infos, all_params = init, [], [], [init]
+        for _ in range(steps):
+            batch, critic_params = self.rollout(params, venv, critic_params, episodes_per_env, gen)
+            params, state, info = self.inner.step(params, batch, state, differentiable=differentiable)
+            batches.append(batch)
+            infos.append(info)
+            all_params.append(params)
+        if final_rollout:
+            batch, critic_params = self.rollout(params, venv, critic_params, episodes_per_env, gen)
+            batches.append(batch)
+        return AdaptationResult(all_params, batches, state, critic_params, infos)

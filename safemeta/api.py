@@ -1,0 +1,130 @@
+"""The Python API, mirrored one-to-one by the CLI: `train`, `resume`, `Run.load`.
+
+    import safemeta
+    cfg = safemeta.resolve_config([("python", {"algo": "fomaml_trpo", "trainer": {"iters": 5}})])
+    run = safemeta.train(cfg)
+    act = safemeta.Run.load(run.path).policy(task, adapt_steps=1)
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from safemeta.checkpoint import Checkpointer
+from safemeta.config.loader import load_config, save_config, to_dict
+from safemeta.config.schema import Config
+from safemeta.errors import UserError
+from safemeta.evaluation import summary_metrics
+from safemeta.run_dir import new_run_dir
+from safemeta.task import Task
+from safemeta.tracking import MetricsLog, atomic_write_text
+from safemeta.trainer import MetaTrainer
+
+console = Console(stderr=True)
+
+
+class Run:
+    """A run directory with its trainer restored from the latest checkpoint."""
+
+    def __init__(self, path: Path, trainer: MetaTrainer):
+        self.path = Path(path)
+        self.trainer = trainer
+
+    @property
+    def config(self) -> Config:
+        return self.trainer.cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Run":
+        path = Path(path)
+        if not (path / "config.yaml").is_file():
+            raise UserError(f"'{path}' is not a run directory (no config.yaml in it).")
+        trainer = MetaTrainer(load_config(path / "config.yaml"))
+        trainer.load_checkpoint(path)
+        return cls(path, trainer)
+
+    def policy(self, task: Task | None = None, adapt_steps: int = 0, seed: int = 0,
+               deterministic: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``obs -> action`` of the meta-policy, or of it adapted to ``task`` by ``adapt_steps`` inner steps."""
+        params = self.trainer.adapted_params(task, adapt_steps, seed) if task is not None and adapt_steps else None
+        return lambda obs: self.trainer.act(torch.as_tensor(obs, dtype=torch.float32), params, deterministic)
+
+    def meta_test(self, tasks: int | None = None, adapt_steps: int | None = None, seed: int | None = None) -> dict:
+        return self.trainer.meta_test(tasks, adapt_steps, seed)
+
+
+def train(cfg: Config) -> Run:
+    """Meta-train a new run in a fresh directory under ``cfg.out``."""
+    trainer = MetaTrainer(cfg)  # validates names/capabilities before anything is written
+    run_dir = new_run_dir(cfg.out, cfg.algo, cfg.inner, cfg.env, cfg.seed)
+    save_config(cfg, run_dir / "config.yaml")
+    return _fit(trainer, run_dir)
+
+
+def resume(run_dir: str | Path, iters: int | None = None) -> Run:
+    """Continue a run from its latest readable checkpoint (from scratch if it never reached one)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"Cannot resume '{run_dir}': it is not a run directory (no config.yaml in it).")
+    cfg = load_config(run_dir / "config.yaml")
+    if iters is not None and iters != cfg.trainer.iters:
+        cfg.trainer.iters = iters
+        save_config(cfg, run_dir / "config.yaml")
+    trainer = MetaTrainer(cfg)
+    if Checkpointer(run_dir).paths():
+        path = trainer.load_checkpoint(run_dir)
+        console.print(f"resumed from {path} (iteration {trainer.iteration})")
+    return _fit(trainer, run_dir)
+
+
+def _fit(trainer: MetaTrainer, run_dir: Path) -> Run:
+    cfg, tr = trainer.cfg, trainer.cfg.trainer
+    log = MetricsLog(run_dir, cfg.log, to_dict(cfg))
+    log.truncate(trainer.iteration)
+    ckpt = Checkpointer(run_dir, tr.keep_checkpoints)
+    report = None
+    total = tr.iters if trainer.outer.needs_rollouts else 0  # e.g. `random`: nothing to meta-train
+    if total < tr.iters:
+        console.print(f"outer updater '{cfg.outer}' does no meta-training: trainer.iters={tr.iters} is not used")
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("return {task.fields[ret]}  cost {task.fields[cost]}"), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=not cfg.log.progress, transient=False) as progress:
+        bar = progress.add_task(f"{cfg.algo}/{cfg.inner} on {cfg.env}", total=total, completed=trainer.iteration,
+                                ret="-", cost="-")
+        while trainer.iteration < total:
+            row = trainer.train_iteration()
+            last = trainer.iteration == total
+            if last or (tr.eval_every and trainer.iteration % tr.eval_every == 0):
+                report = trainer.meta_test()
+                row.update(summary_metrics(report))
+            _check_finite(row)
+            log.log(row)
+            if last or trainer.iteration % tr.checkpoint_every == 0:
+                ckpt.save(trainer.state_dict(), trainer.iteration)
+            progress.update(bar, completed=trainer.iteration, ret=f"{row.get('train/return_K', math.nan):.3f}",
+                            cost=f"{row.get('train/cost_K', math.nan):.3f}")
+    if report is None:  # no iteration ran (e.g. the `random` preset, or resuming a finished run)
+        report = trainer.meta_test()
+        if not ckpt.paths():
+            ckpt.save(trainer.state_dict(), trainer.iteration)
+    report["iteration"] = trainer.iteration
+    atomic_write_text(run_dir / "meta_test.json", json.dumps(report, indent=1))
+    log.close()
+    last = report["steps"][-1]
+    console.print(f"run dir: {run_dir}\nmeta-test after {len(report['steps']) - 1} adaptation steps: "
+                  f"return {last['return_mean']:.3f}, cost {last['cost_mean']:.3f} (limit {report['cost_limit']}), "
+                  f"tasks over the limit {last['violation_rate']:.0%}")
+    return Run(run_dir, trainer)
+
+
+def _check_finite(row: dict) -> None:
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        console.print(f"[yellow]warning: non-finite metrics at iteration {row['iter']}: {', '.join(bad)}")

@@ -1,0 +1,81 @@
+"""`Batch`: the one data type between collectors and solvers, and GAE for reward and cost.
+
+Every per-step field is shaped ``[N, T, E, ...]``: N tasks, T time steps, E envs per task. A solver
+vmaps or reduces over N; GAE runs backward over T.
+
+Truncation is not termination: at a time-limit truncation the value of the true next state
+``next_obs`` is bootstrapped, at a termination it is zero, and in both cases the advantage
+recursion does not run across the episode boundary (Schulman et al. 2016, eq. 16 with
+delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t)). The last step of a rollout is a
+cut as well: it bootstraps from V(next_obs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    obs: Tensor  # [N, T, E, obs_dim]
+    act: Tensor  # [N, T, E, act_dim] (as sampled, before the env clips)
+    logp: Tensor  # [N, T, E] log pi_old(a|s)
+    rew: Tensor  # [N, T, E]
+    cost: Tensor  # [N, T, E]
+    terminated: Tensor  # [N, T, E] bool
+    truncated: Tensor  # [N, T, E] bool
+    next_obs: Tensor  # [N, T, E, obs_dim] true next state (before auto-reset)
+    ep_return: Tensor  # [N] mean undiscounted return of episodes finished in this batch
+    ep_cost: Tensor  # [N] mean undiscounted cost J_C of those episodes
+    ep_count: Tensor  # [N] number of finished episodes
+    adv_r: Tensor | None = None  # [N, T, E] GAE of reward
+    adv_c: Tensor | None = None  # [N, T, E] GAE of cost
+    ret_r: Tensor | None = None  # [N, T, E] lambda-return targets for the reward critic
+    ret_c: Tensor | None = None  # [N, T, E] lambda-return targets for the cost critic
+
+    @property
+    def n_tasks(self) -> int:
+        return self.obs.shape[0]
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.rew.numel())
+
+    def with_advantages(self, adv_r: Tensor, adv_c: Tensor, ret_r: Tensor, ret_c: Tensor) -> "Batch":
+        return replace(self, adv_r=adv_r, adv_c=adv_c, ret_r=ret_r, ret_c=ret_c)
+
+    def pooled(self) -> "Batch":
+        """All tasks as one task: ``[1, T, N*E, ...]`` (for a policy trained on pooled tasks)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                out[f.name] = None
+            elif f.name == "ep_return" or f.name == "ep_cost":
+                w = self.ep_count.clamp(min=1)
+                out[f.name] = ((v * w).sum() / w.sum()).reshape(1)
+            elif f.name == "ep_count":
+                out[f.name] = v.sum().reshape(1)
+            else:
+                n, t, e = v.shape[:3]
+                out[f.name] = v.transpose(0, 1).reshape(1, t, n * e, *v.shape[3:])
+        return Batch(**out)
+
+
+def gae(rew: Tensor, value: Tensor, next_value: Tensor, terminated: Tensor, truncated: Tensor,
+        gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation over dim 1 of ``[N, T, E]`` tensors.
+
+    Returns ``(advantages, returns)`` with ``returns = advantages + value`` (the TD(lambda) targets).
+    """
+    not_term = (~terminated).to(rew.dtype)
+    cont = (~(terminated | truncated)).to(rew.dtype)
+    delta = rew + gamma * next_value * not_term - value
+    adv = torch.zeros_like(rew)
+    running = torch.zeros_like(rew[:, 0])
+    for t in range(rew.shape[1] - 1, -1, -1):
+        running = delta[:, t] + gamma * lam * cont[:, t] * running
+        adv[:, t] = running
+    return adv, adv + value

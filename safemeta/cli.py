@@ -1,0 +1,136 @@
+"""Command line: ``safemeta train | eval | list`` (mirrors `safemeta.api`).
+
+User errors (bad names, keys, values, paths) print one paragraph and exit with code 2, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from safemeta.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="safemeta", description="Safe meta-reinforcement learning.")
+    sub = p.add_subparsers(dest="command", required=True)
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="import a module or .py file that registers inner solvers, outer updaters, algos or envs")
+
+    t = sub.add_parser("train", parents=[plugin], help="meta-train a preset (or resume a run)")
+    t.add_argument("--algo", help="preset name (see `safemeta list`)")
+    t.add_argument("--inner", help="inner solver name")
+    t.add_argument("--env", help="task family name")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--iters", type=int, help="meta-iterations (trainer.iters)")
+    t.add_argument("--out", help="root folder of run directories (default runs/)")
+    t.add_argument("--config", help="YAML file layered over the preset and env overlay")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. trainer.iters=20")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
+    t.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless log.wandb_mode says)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", parents=[plugin], help="meta-test a saved run on held-out tasks")
+    e.add_argument("run_dir")
+    e.add_argument("--tasks", type=int, help="number of held-out tasks (default: the run's eval.tasks)")
+    e.add_argument("--adapt-steps", type=int, help="K adaptation steps (default: the run's eval.adapt_steps)")
+    e.add_argument("--seed", type=int, help="seed of the held-out task draw (default: the run's eval.seed)")
+
+    sub.add_parser("list", parents=[plugin], help="list registered algos, inner solvers, outer updaters and envs")
+    return p
+
+
+def _user_layers(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    from safemeta.config.loader import parse_set, read_yaml
+
+    layers = []
+    if args.config:
+        layers.append((args.config, read_yaml(args.config)))
+    flags: dict = {}
+    for key in ("algo", "inner", "env", "seed", "out"):
+        if getattr(args, key) is not None:
+            flags[key] = getattr(args, key)
+    if args.iters is not None:
+        flags["trainer"] = {"iters": args.iters}
+    if args.wandb:
+        flags["log"] = {"wandb": True}
+    if args.no_progress:
+        flags.setdefault("log", {})["progress"] = False
+    if flags:
+        layers.append(("command line", flags))
+    if args.set:
+        layers.append(("--set", parse_set(args.set)))
+    return layers
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import safemeta
+
+    if args.resume:
+        given = [f"--{k}" for k in ("algo", "inner", "env", "seed", "out", "config") if getattr(args, k) is not None]
+        if given or args.set:
+            raise UserError(f"--resume continues a run with its saved config; drop {', '.join(given + ['--set'] * bool(args.set))} "
+                            "(only --iters may extend it).")
+        safemeta.resume(args.resume, args.iters)
+        return
+    cfg = safemeta.resolve_config(_user_layers(args))
+    safemeta.train(cfg)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from safemeta.api import Run, console
+    from safemeta.tracking import atomic_write_text
+
+    for flag in ("tasks", "adapt_steps"):
+        if getattr(args, flag) is not None and getattr(args, flag) < (1 if flag == "tasks" else 0):
+            raise UserError(f"--{flag.replace('_', '-')} must be {'>= 1' if flag == 'tasks' else '>= 0'}, got {getattr(args, flag)}.")
+    run = Run.load(args.run_dir)
+    report = run.meta_test(args.tasks, args.adapt_steps, args.seed)
+    report["iteration"] = run.trainer.iteration
+    spec = report["spec"]
+    out = Path(args.run_dir) / f"eval-it{run.trainer.iteration}-n{spec['tasks']}-k{spec['adapt_steps']}-s{spec['seed']}.json"
+    atomic_write_text(out, json.dumps(report, indent=1))
+    for step in report["steps"]:
+        console.print(f"step {step['step']}: return {step['return_mean']:.3f}  cost {step['cost_mean']:.3f}  "
+                      f"over limit {step['violation_rate']:.0%}")
+    console.print(f"wrote {out}")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from safemeta import registry
+
+    console = Console()
+    for reg in (registry.algo, registry.inner, registry.outer, registry.env):
+        table = Table(title=reg.kind, title_justify="left")
+        table.add_column("name")
+        table.add_column("description")
+        table.add_column("from")
+        for entry in reg.entries():
+            table.add_row(entry.name, entry.description, entry.source)
+        console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        from safemeta.registry import load_plugin
+
+        for spec in args.plugin:
+            load_plugin(spec)
+        {"train": cmd_train, "eval": cmd_eval, "list": cmd_list}[args.command](args)
+    except UserError as e:
+        print(f"safemeta {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("safemeta: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

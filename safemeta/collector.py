@@ -1,0 +1,64 @@
+"""Collect a `Batch` for every task of a `VecCMDP` in one vectorized loop.
+
+Each task's actor parameters act on that task's E envs (``vmap`` over tasks). Actions are sampled
+with an explicit ``torch.Generator`` so runs are reproducible and resumable. Every collection resets
+the envs with a fresh seed and runs whole episodes (``episodes_per_env * horizon`` steps), so the
+episode statistics count complete episodes and each inner step gets a fixed env-step budget.
+"""
+from __future__ import annotations
+
+import torch
+
+from safemeta.batch import Batch
+from safemeta.params import Params
+from safemeta.policy import GaussianActor, batched
+from safemeta.vec_cmdp import VecCMDP
+
+
+class Collector:
+    def __init__(self, actor: GaussianActor):
+        self.actor_fn = batched(actor)
+
+    @torch.no_grad()
+    def collect(self, params: Params, venv: VecCMDP, episodes_per_env: int, gen: torch.Generator) -> Batch:
+        n, e = venv.n_tasks, venv.envs_per_task
+        steps = episodes_per_env * venv.horizon
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        obs = venv.reset(seed)
+        buf: dict[str, list] = {k: [] for k in ("obs", "act", "logp", "rew", "cost", "term", "trunc", "next_obs")}
+        ep_ret = torch.zeros(n * e)
+        ep_cost = torch.zeros(n * e)
+        sum_ret, sum_cost, count = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+        params = {k: v.detach() for k, v in params.items()}
+        for _ in range(steps):
+            mean, log_std = self.actor_fn(params, obs.reshape(n, e, -1))
+            std = log_std.exp()
+            noise = torch.randn(mean.shape, generator=gen)
+            act = mean + std * noise
+            logp = (-0.5 * noise.pow(2) - log_std - 0.5 * torch.log(torch.tensor(2 * torch.pi))).sum(-1)
+            nxt, rew, cost, term, trunc, info = venv.step(act.reshape(n * e, -1))
+            done = term | trunc
+            ep_ret += rew
+            ep_cost += cost
+            if bool(done.any()):
+                d = done.reshape(n, e).float()
+                sum_ret += (ep_ret.reshape(n, e) * d).sum(1)
+                sum_cost += (ep_cost.reshape(n, e) * d).sum(1)
+                count += d.sum(1)
+                ep_ret = ep_ret * (~done)
+                ep_cost = ep_cost * (~done)
+            for k, v in (("obs", obs), ("act", act.reshape(n * e, -1)), ("logp", logp.reshape(n * e)),
+                         ("rew", rew), ("cost", cost), ("term", term), ("trunc", trunc),
+                         ("next_obs", info["final_obs"])):
+                buf[k].append(v)
+            obs = nxt
+
+        def stacked(name: str) -> torch.Tensor:  # [T, N*E, ...] -> [N, T, E, ...]
+            x = torch.stack(buf[name])
+            return x.reshape(steps, n, e, *x.shape[2:]).transpose(0, 1).contiguous()
+
+        denom = count.clamp(min=1)
+        return Batch(obs=stacked("obs"), act=stacked("act"), logp=stacked("logp"), rew=stacked("rew"),
+                     cost=stacked("cost"), terminated=stacked("term"), truncated=stacked("trunc"),
+                     next_obs=stacked("next_obs"), ep_return=sum_ret / denom, ep_cost=sum_cost / denom,
+                     ep_count=count)

@@ -1,0 +1,257 @@
+"""Layered configuration: defaults -> preset -> env overlay -> ``--config FILE`` -> flags -> ``--set``.
+
+Each layer is a nested dict with a source name (a file path, "--set" or "command line"). Merging
+records which source set each key, so a validation error names the key, the file it came from and
+the closest valid keys. Values given with ``--set a.b=value`` are parsed as YAML scalars/lists.
+"""
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import MISSING, fields, is_dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from safemeta import registry
+from safemeta.config.schema import Config
+from safemeta.errors import UserError, suggest
+
+Layer = tuple[str, dict]
+CONFIG_DIR = files("safemeta.configs")
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> dict:
+    p = Path(str(path))
+    if not p.is_file():
+        raise UserError(f"The {what} '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"The {what} '{path}' is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"The {what} '{path}' must hold a mapping of keys, not {type(data).__name__}.")
+    return data
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["a.b=1", "c=[1,2]"]`` -> nested dict."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set expects KEY=VALUE (e.g. trainer.iters=20), got '{item}'.")
+        key, raw = item.split("=", 1)
+        if not key or any(not part for part in key.split(".")):
+            raise UserError(f"--set has an empty key in '{item}'.")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set sets '{key}' below a key that already has a value.")
+        node[parts[-1]] = value
+    return out
+
+
+def merge(layers: list[Layer]) -> tuple[dict, dict[str, str]]:
+    """Deep-merge layers; return the merged dict and dotted key -> source of its last writer."""
+    merged: dict = {}
+    source: dict[str, str] = {}
+
+    def walk(dst: dict, src: dict, prefix: str, name: str) -> None:
+        for k, v in src.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                walk(dst[k], v, key + ".", name)
+            else:
+                dst[k] = _copy(v)
+            source[key] = name
+            if isinstance(v, dict):
+                for sub in _dotted(v, key + "."):
+                    source[sub] = name
+
+    for name, data in layers:
+        walk(merged, data, "", name)
+    return merged, source
+
+
+def _copy(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    return v
+
+
+def _dotted(d: dict, prefix: str) -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.append(prefix + str(k))
+        if isinstance(v, dict):
+            out += _dotted(v, f"{prefix}{k}.")
+    return out
+
+
+class Validator:
+    def __init__(self, source: dict[str, str]):
+        self.source = source
+
+    def where(self, key: str) -> str:
+        s = self.source.get(key.split("[")[0])
+        return f" (set in {s})" if s else ""
+
+    def build(self, cls: type, data: Any, prefix: str) -> Any:
+        if not isinstance(data, dict):
+            raise UserError(f"'{prefix.rstrip('.')}' must be a mapping of keys{self.where(prefix.rstrip('.'))}, "
+                            f"got {data!r}.")
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in fields(cls) if f.init}
+        for k in data:
+            if k not in known:
+                key = f"{prefix}{k}"
+                raise UserError(f"Unknown config key '{key}'{self.where(key)}.{suggest(str(k), known)} "
+                                f"Valid keys of '{prefix.rstrip('.') or 'the top level'}': {', '.join(known)}.")
+        kwargs = {}
+        for name, f in known.items():
+            key = f"{prefix}{name}"
+            if name in data:
+                kwargs[name] = self.value(hints[name], data[name], key, f.metadata)
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise UserError(f"Missing config key '{key}'.")
+        return cls(**kwargs)
+
+    def value(self, tp: Any, v: Any, key: str, meta: Any = None) -> Any:
+        origin = typing.get_origin(tp)
+        bad = lambda what: UserError(f"Config key '{key}'{self.where(key)}: expected {what}, got {v!r}.")  # noqa: E731
+        if is_dataclass(tp):
+            return self.build(tp, v, key + ".")
+        if origin is Literal:
+            choices = typing.get_args(tp)
+            if v not in choices:
+                raise UserError(f"Config key '{key}'{self.where(key)}: {v!r} is not one of "
+                                f"{', '.join(map(str, choices))}.")
+            return v
+        if origin in (typing.Union, types.UnionType):
+            args = typing.get_args(tp)
+            if v is None and type(None) in args:
+                return None
+            for a in args:
+                if a is type(None):
+                    continue
+                try:
+                    return self.value(a, v, key, meta)
+                except UserError:
+                    continue
+            raise bad(" or ".join(getattr(a, "__name__", str(a)) for a in args))
+        if origin is tuple:
+            if not isinstance(v, (list, tuple)):
+                raise bad("a list")
+            args = typing.get_args(tp)
+            item = args[0] if args else Any
+            return tuple(self.value(item, x, f"{key}[{i}]") for i, x in enumerate(v))
+        if origin is dict:
+            if not isinstance(v, dict):
+                raise bad("a mapping")
+            return dict(v)
+        if tp is Any:
+            return v
+        if tp is bool:
+            if not isinstance(v, bool):
+                raise bad("true or false")
+            return v
+        if tp is int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise bad("an integer")
+            out: Any = v
+        elif tp is float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise bad("a number")
+            out = float(v)
+        elif tp is str:
+            if not isinstance(v, str):
+                raise bad("a string")
+            return v
+        else:
+            raise bad(getattr(tp, "__name__", str(tp)))
+        self.check_range(out, key, meta or {})
+        return out
+
+    def check_range(self, v: float, key: str, meta: dict) -> None:
+        rules = {"ge": (">=", lambda b: v >= b), "gt": (">", lambda b: v > b),
+                 "le": ("<=", lambda b: v <= b), "lt": ("<", lambda b: v < b)}
+        for op, (words, ok) in rules.items():
+            if op in meta and not ok(meta[op]):
+                raise UserError(f"Config key '{key}'{self.where(key)}: {v} is out of range (must be {words} {meta[op]}).")
+
+
+def _named_sections(v: Validator, data: dict, section: str, reg: registry.Registry, active: str) -> dict:
+    raw = data.get(section) or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"'{section}' must be a mapping of {reg.kind} names to settings{v.where(section)}.")
+    out = {}
+    for name, params in raw.items():
+        if name not in reg:
+            raise UserError(f"'{section}.{name}'{v.where(f'{section}.{name}')} names no registered {reg.kind}. "
+                            f"Valid names: {', '.join(reg.names())}.{suggest(str(name), reg.names())}")
+        out[name] = v.build(reg.get(name).Config, params or {}, f"{section}.{name}.")
+    if active not in out:
+        out[active] = reg.get(active).Config()
+    return out
+
+
+def build_config(data: dict, source: dict[str, str]) -> Config:
+    v = Validator(source)
+    for key, reg in (("algo", registry.algo), ("inner", registry.inner), ("outer", registry.outer), ("env", registry.env)):
+        if key not in data:
+            raise UserError(f"Missing config key '{key}'.")
+        if not isinstance(data[key], str):
+            raise UserError(f"Config key '{key}'{v.where(key)}: expected a name, got {data[key]!r}.")
+        reg.entry(data[key])  # unknown name -> error listing the valid ones
+    plain = {k: x for k, x in data.items() if k not in ("inner_cfg", "outer_cfg", "env_cfg")}
+    cfg = v.build(Config, plain, "")
+    cfg.inner_cfg = _named_sections(v, data, "inner_cfg", registry.inner, cfg.inner)
+    cfg.outer_cfg = _named_sections(v, data, "outer_cfg", registry.outer, cfg.outer)
+    cfg.env_cfg = _named_sections(v, data, "env_cfg", registry.env, cfg.env)
+    return cfg
+
+
+def resolve_config(user_layers: list[Layer]) -> Config:
+    """Resolve the full config from the user's layers (``--config`` file, flags, ``--set``)."""
+    defaults: Layer = (str(CONFIG_DIR / "defaults.yaml"), read_yaml(str(CONFIG_DIR / "defaults.yaml")))
+    first, _ = merge([defaults, *user_layers])
+    preset = registry.algo.get(str(first.get("algo")))
+    layers = [defaults, (preset.source, preset.settings())]
+    second, _ = merge([*layers, *user_layers])
+    env_overlay = CONFIG_DIR / "envs" / f"{second.get('env')}.yaml"
+    if env_overlay.is_file():
+        layers.append((str(env_overlay), read_yaml(str(env_overlay))))
+    data, source = merge([*layers, *user_layers])
+    return build_config(data, source)
+
+
+def load_config(path: str | Path) -> Config:
+    """Load a resolved config saved in a run directory."""
+    data = read_yaml(path, "saved config")
+    return build_config(data, {k: str(path) for k in _dotted(data, "")})
+
+
+def to_dict(cfg: Any) -> Any:
+    if is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, tuple):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+

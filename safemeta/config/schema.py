@@ -1,0 +1,109 @@
+"""The typed configuration of a run.
+
+Sections are dataclasses; fields declare their type and, through `spec`, their valid range. Solver,
+updater and family hyperparameters live under ``inner_cfg.<name>``, ``outer_cfg.<name>`` and
+``env_cfg.<name>``, each validated against the ``Config`` class of the registered entry, so a preset
+can carry tuned values for every inner solver it supports and ``--inner`` picks one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+def spec(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+         lt: float | None = None, doc: str = "") -> Any:
+    """A dataclass field with a valid range checked by the validator."""
+    meta = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc}.items() if v not in (None, "")}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class PolicyConfig:
+    """Gaussian MLP actor pi_theta."""
+
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: Literal["tanh", "relu", "elu"] = "tanh"
+    init_log_std: float = spec(-0.5, doc="initial log standard deviation of the Gaussian")
+
+
+@dataclass
+class CriticConfig:
+    """Reward and cost critics V_R, V_C and their GAE settings."""
+
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: Literal["tanh", "relu", "elu"] = "tanh"
+    lr: float = spec(3e-3, gt=0)
+    iters: int = spec(20, ge=0, doc="full-batch Adam steps per fit")
+    gamma: float = spec(0.99, ge=0, le=1, doc="reward discount")
+    lam: float = spec(0.95, ge=0, le=1, doc="GAE lambda for reward")
+    cost_gamma: float = spec(0.99, ge=0, le=1)
+    cost_lam: float = spec(0.95, ge=0, le=1)
+
+
+@dataclass
+class TrainerConfig:
+    """The meta-training loop."""
+
+    iters: int = spec(50, ge=0, doc="meta-iterations")
+    tasks_per_iter: int = spec(8, ge=1, doc="M, tasks sampled per meta-iteration")
+    adapt_steps: int = spec(1, ge=0, doc="K, inner steps per task during meta-training")
+    envs_per_task: int = spec(8, ge=1)
+    episodes_per_env: int = spec(1, ge=1, doc="rollout length = episodes_per_env * horizon")
+    eval_every: int = spec(10, ge=0, doc="meta-test every N iterations (0: only at the end)")
+    checkpoint_every: int = spec(10, ge=1)
+    keep_checkpoints: int = spec(3, ge=1)
+    num_threads: int = spec(1, ge=1, doc="torch CPU threads (fixed so runs are reproducible)")
+    device: str = "cpu"
+
+
+@dataclass
+class EvalConfig:
+    """Meta-test: held-out tasks (split test), fixed K adaptation steps, fixed env-step budget per step."""
+
+    tasks: int = spec(8, ge=1)
+    adapt_steps: int = spec(3, ge=0)
+    envs_per_task: int = spec(8, ge=1)
+    episodes_per_env: int = spec(1, ge=1)
+    seed: int = spec(1000, ge=0, doc="seed of the held-out task draw")
+
+
+@dataclass
+class LogConfig:
+    wandb: bool = False
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "safemeta"
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    algo: str
+    inner: str
+    outer: str
+    env: str
+    seed: int = spec(0, ge=0)
+    out: str = "runs"
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    inner_cfg: dict[str, Any] = field(default_factory=dict)
+    outer_cfg: dict[str, Any] = field(default_factory=dict)
+    env_cfg: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inner_params(self) -> Any:
+        """Hyperparameters of the active inner solver."""
+        return self.inner_cfg[self.inner]
+
+    @property
+    def outer_params(self) -> Any:
+        return self.outer_cfg[self.outer]
+
+    @property
+    def env_params(self) -> Any:
+        return self.env_cfg[self.env]

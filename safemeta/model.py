@@ -1,0 +1,54 @@
+"""The learnable pieces of a run: actor architecture, critic architecture, meta-parameters theta.
+
+``MetaParams`` holds theta (the meta-policy's parameters, unstacked leaf tensors an outer optimizer
+updates) and the critics' initialization that every task's critics start from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+from safemeta.config.schema import Config
+from safemeta.critics import CriticParams, Critics
+from safemeta.params import Params, stack
+from safemeta.policy import Critic, GaussianActor, init_params
+
+
+@dataclass
+class MetaParams:
+    theta: Params  # unstacked, requires_grad leaves
+    critic_reward: Params  # unstacked initialization of V_R
+    critic_cost: Params  # unstacked initialization of V_C
+
+    def critics_for(self, n: int) -> CriticParams:
+        return CriticParams(reward={k: v.clone() for k, v in stack(self.critic_reward, n).items()},
+                            cost={k: v.clone() for k, v in stack(self.critic_cost, n).items()})
+
+    def state_dict(self) -> dict:
+        return {"theta": {k: v.detach().clone() for k, v in self.theta.items()},
+                "critic_reward": self.critic_reward, "critic_cost": self.critic_cost}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "MetaParams":
+        return cls({k: v.clone().requires_grad_(True) for k, v in d["theta"].items()},
+                   d["critic_reward"], d["critic_cost"])
+
+
+def build_modules(cfg: Config, obs_dim: int, act_dim: int) -> tuple[GaussianActor, Critics]:
+    actor = GaussianActor(obs_dim, act_dim, cfg.policy.hidden_sizes, cfg.policy.activation, cfg.policy.init_log_std)
+    return actor, Critics(obs_dim, cfg.critic)
+
+
+def init_meta_params(actor: GaussianActor, critics: Critics, obs_dim: int, cfg: Config) -> MetaParams:
+    """Fresh theta and critic initializations (drawn from torch's global RNG, seeded by the trainer)."""
+    theta = {k: v.requires_grad_(True) for k, v in init_params(actor).items()}
+    reward = init_params(Critic(obs_dim, cfg.critic.hidden_sizes, cfg.critic.activation))
+    cost = init_params(Critic(obs_dim, cfg.critic.hidden_sizes, cfg.critic.activation))
+    return MetaParams(theta, reward, cost)
+
+
+def stacked_theta(meta: MetaParams, n: int, keep_graph: bool = False) -> Params:
+    src = meta.theta if keep_graph else {k: v.detach() for k, v in meta.theta.items()}
+    return stack(src, n) if keep_graph else {k: v.clone() for k, v in stack(src, n).items()}
+
+

@@ -1,0 +1,80 @@
+"""Gaussian MLP actor and reward/cost critics evaluated with per-task stacked parameters.
+
+The modules only define the architecture; parameters live outside them (`safemeta.params`) and are
+applied with ``torch.func.functional_call`` vectorized over the task dimension with ``vmap``, so one
+call evaluates every task's policy on its own observations.
+
+Actor: pi_theta(a|s) = N(mu_theta(s), diag(exp(log_std)^2)), state-independent log_std.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from safemeta.params import Params
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+
+
+def mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class GaussianActor(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...], activation: str, init_log_std: float):
+        super().__init__()
+        self.mean = mlp([obs_dim, *hidden_sizes, act_dim], activation)
+        with torch.no_grad():  # small last layer: initial actions near zero mean
+            self.mean[-1].weight.mul_(0.01)
+            self.mean[-1].bias.zero_()
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        return self.mean(obs), self.log_std.expand(*obs.shape[:-1], self.log_std.shape[-1])
+
+
+class Critic(nn.Module):
+    def __init__(self, obs_dim: int, hidden_sizes: tuple[int, ...], activation: str):
+        super().__init__()
+        self.net = mlp([obs_dim, *hidden_sizes, 1], activation)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+def init_params(module: nn.Module) -> Params:
+    """The module's freshly initialized parameters as an (unstacked) detached dict."""
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def batched(module: nn.Module):
+    """``f(params[N,...], x[N, ..., d]) -> module output per task`` (vmap over tasks)."""
+
+    def call(p: Params, x: Tensor):
+        return functional_call(module, p, (x,))
+
+    return vmap(call)
+
+
+def gaussian_log_prob(act: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """log N(act; mean, exp(log_std)^2), summed over action dimensions."""
+    z = (act - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_kl(mean0: Tensor, log_std0: Tensor, mean1: Tensor, log_std1: Tensor) -> Tensor:
+    """KL(N0 || N1) for diagonal Gaussians, summed over action dimensions."""
+    var0, var1 = torch.exp(2 * log_std0), torch.exp(2 * log_std1)
+    return (log_std1 - log_std0 + (var0 + (mean0 - mean1).pow(2)) / (2 * var1) - 0.5).sum(-1)
+
+
+def gaussian_entropy(log_std: Tensor) -> Tensor:
+    return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)

@@ -1,0 +1,127 @@
+"""`MetaTrainer`: the one meta-training loop for every method.
+
+    for it in 1..iters:
+        tasks  = family.sample(M, "train")                         (fresh every iteration)
+        venv   = family.make(tasks, envs_per_task)                 (all tasks batched)
+        result = adapter.adapt(theta, venv, K, inner state from outer.inner_overrides,
+                               critics from outer.initial_critics, differentiable=outer.needs_differentiable)
+        metrics = outer.update(result, tasks)                      (the meta step)
+        every eval_every: meta-test on held-out tasks; log; every checkpoint_every: checkpoint
+
+What a method needs is declared by its outer updater (``algorithms/outer/base.py``), so Meta-CPO
+(differentiable inner steps), C-MAML (meta-policy rollouts = batch 0, global cost critic via
+``initial_critics``) and Meta-SRL (one task per iteration, per-task step size via
+``inner_overrides``) run through this loop without special cases.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from safemeta import registry
+from safemeta.adaptation import Adapter, AdaptationResult
+from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
+from safemeta.checkpoint import Checkpointer
+from safemeta.collector import Collector
+from safemeta.config.schema import Config
+from safemeta.evaluation import MetaTestSpec, meta_test, summary_metrics
+from safemeta.model import MetaParams, build_modules, init_meta_params, stacked_theta
+
+
+class MetaTrainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        torch.set_num_threads(cfg.trainer.num_threads)
+        torch.manual_seed(cfg.seed)
+        self.family = registry.env.get(cfg.env)(cfg.env_params)
+        probe = self.family.make(self.family.sample(1, "train", np.random.default_rng(0)), 1, cfg.trainer.device)
+        self.obs_dim, self.act_dim = probe.obs_dim, probe.act_dim
+        self.actor, self.critics = build_modules(cfg, self.obs_dim, self.act_dim)
+        self.meta: MetaParams = init_meta_params(self.actor, self.critics, self.obs_dim, cfg)
+        self.inner = registry.inner.get(cfg.inner)(cfg.inner_params, self.actor)
+        self.adapter = Adapter(Collector(self.actor), self.critics, self.inner)
+        outer_cls: type[OuterUpdater] = registry.outer.get(cfg.outer)
+        self.outer = outer_cls(cfg.outer_params, OuterContext(self.inner, self.critics, self.meta, cfg, self.family))
+        self.np_rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.iteration = 0
+        self.counters = {"env_steps": 0, "train_cost_paid": 0.0, "wall_time": 0.0}
+
+    # -- one meta-iteration ---------------------------------------------------------------------
+    def train_iteration(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        cfg, tr = self.cfg, self.cfg.trainer
+        outer = self.outer
+        metrics: dict[str, Any] = {}
+        if outer.needs_rollouts:
+            tasks = self.family.sample(tr.tasks_per_iter, "train", self.np_rng)
+            seed = int(self.np_rng.integers(2**31))
+            venv = self.family.make(tasks, tr.envs_per_task, tr.device, seed)
+            n = len(tasks)
+            state = self.inner.init_state(n, self.family.cost_limit_for("train"), **outer.inner_overrides(tasks))
+            theta = stacked_theta(self.meta, n, keep_graph=outer.needs_differentiable)
+            result: AdaptationResult = self.adapter.adapt(
+                theta, venv, tr.adapt_steps if outer.adapt else 0, state, outer.initial_critics(n),
+                tr.episodes_per_env, self.gen, final_rollout=outer.needs_post_rollout or not outer.adapt,
+                differentiable=outer.needs_differentiable)
+            metrics.update(outer.update(result, tasks))
+            first, last = result.batches[0], result.batches[-1]
+            metrics.update({"train/return_0": float(first.ep_return.mean()), "train/cost_0": float(first.ep_cost.mean()),
+                            "train/return_K": float(last.ep_return.mean()), "train/cost_K": float(last.ep_cost.mean())})
+            for key, value in (result.infos[-1] if result.infos else {}).items():
+                metrics[f"inner/{key}"] = float(value.float().mean())
+            self.counters["env_steps"] += result.env_steps
+            self.counters["train_cost_paid"] += result.episode_cost_paid()
+        self.iteration += 1
+        self.counters["wall_time"] += time.perf_counter() - t0
+        return {"iter": self.iteration, **self.counters, **metrics}
+
+    def meta_test(self, tasks: int | None = None, adapt_steps: int | None = None, seed: int | None = None) -> dict:
+        ev = self.cfg.eval
+        spec = MetaTestSpec(tasks or ev.tasks, ev.adapt_steps if adapt_steps is None else adapt_steps,
+                            ev.envs_per_task, ev.episodes_per_env, ev.seed if seed is None else seed)
+        return meta_test(self.adapter, self.family, self.meta, self.outer, spec, self.cfg.trainer.device)
+
+    # -- checkpoint state ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "meta": self.meta.state_dict(), "outer": self.outer.state_dict(),
+                "counters": dict(self.counters), "np_rng": self.np_rng.bit_generator.state,
+                "torch_gen": self.gen.get_state(), "torch_global": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration = state["iteration"]
+        loaded = MetaParams.from_state_dict(state["meta"])
+        with torch.no_grad():  # keep the same leaf tensors: the outer optimizer holds references to them
+            for k, p in self.meta.theta.items():
+                p.copy_(loaded.theta[k])
+        self.meta.critic_reward, self.meta.critic_cost = loaded.critic_reward, loaded.critic_cost
+        self.outer.load_state_dict(state["outer"])
+        self.counters = dict(state["counters"])
+        self.np_rng.bit_generator.state = state["np_rng"]
+        self.gen.set_state(state["torch_gen"])
+        torch.set_rng_state(state["torch_global"])
+
+    def load_checkpoint(self, run_dir: Path) -> Path:
+        state, path = Checkpointer(run_dir).load_latest()
+        self.load_state_dict(state)
+        return path
+
+    def act(self, obs: torch.Tensor, params: dict | None = None, deterministic: bool = True) -> torch.Tensor:
+        """Actions of the meta-policy (or of given unstacked params) for observations ``[..., obs_dim]``."""
+        p = params if params is not None else {k: v.detach() for k, v in self.meta.theta.items()}
+        with torch.no_grad():
+            mean, log_std = torch.func.functional_call(self.actor, p, (obs,))
+            return mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
+
+    def adapted_params(self, task, steps: int, seed: int = 0) -> dict:
+        """theta adapted to one task by ``steps`` inner steps (unstacked)."""
+        tr = self.cfg.trainer
+        venv = self.family.make([task], tr.envs_per_task, tr.device, seed)
+        state = self.inner.init_state(1, self.family.cost_limit_for(task.split), **self.outer.inner_overrides([task]))
+        result = self.adapter.adapt(stacked_theta(self.meta, 1), venv, steps, state, self.outer.initial_critics(1),
+                                    tr.episodes_per_env, torch.Generator().manual_seed(seed), final_rollout=False)
+        return {k: v[0].detach() for k, v in result.params[-1].items()}

@@ -1,0 +1,82 @@
+"""Batched constrained MDPs with torch tensors (DESIGN.md "Contracts").
+
+``VecCMDP``: ``reset(seed) -> obs``, ``step(act) -> obs, reward, cost, terminated, truncated, info``,
+all ``[B, ...]`` tensors with ``B = n_tasks * envs_per_task`` in task-major order. Envs reset
+themselves when an episode ends; ``info["final_obs"]`` holds the last observation of the finished
+episode so that a truncated episode can be bootstrapped from it.
+
+`BatchedCMDP` implements the bookkeeping (time limit, auto-reset, final observation) once; a family
+only writes ``_reset_envs`` and ``_transition``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+
+class VecCMDP(ABC):
+    obs_dim: int
+    act_dim: int
+    n_tasks: int
+    envs_per_task: int
+    horizon: int
+
+    @property
+    def num_envs(self) -> int:
+        return self.n_tasks * self.envs_per_task
+
+    @abstractmethod
+    def reset(self, seed: int | None = None) -> Tensor: ...
+
+    @abstractmethod
+    def step(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict]: ...
+
+
+class BatchedCMDP(VecCMDP):
+    """Torch CMDP whose envs all step as one tensor program.
+
+    Subclasses keep their per-env state in tensors and implement:
+    - ``_reset_envs(mask)``: draw new initial states for envs where ``mask`` is true (use ``self.gen``);
+    - ``_observe() -> obs[B, obs_dim]``;
+    - ``_transition(act) -> reward[B], cost[B], terminated[B]`` advancing every env one step.
+    Actions are clipped to [-1, 1] here (the policy's Gaussian samples are unbounded).
+    """
+
+    def __init__(self, n_tasks: int, envs_per_task: int, horizon: int, device: str = "cpu", seed: int = 0):
+        self.n_tasks, self.envs_per_task, self.horizon = n_tasks, envs_per_task, horizon
+        self.device = torch.device(device)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(seed)
+        self.t = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+
+    @abstractmethod
+    def _reset_envs(self, mask: Tensor) -> None: ...
+
+    @abstractmethod
+    def _observe(self) -> Tensor: ...
+
+    @abstractmethod
+    def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    def reset(self, seed: int | None = None) -> Tensor:
+        if seed is not None:
+            self.gen.manual_seed(int(seed))
+        self.t.zero_()
+        self._reset_envs(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        return self._observe()
+
+    def step(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict]:
+        act = act.clamp(-1.0, 1.0)
+        reward, cost, terminated = self._transition(act)
+        self.t += 1
+        truncated = (self.t >= self.horizon) & ~terminated
+        done = terminated | truncated
+        obs = self._observe()
+        info = {"final_obs": obs}
+        if bool(done.any()):
+            self.t[done] = 0
+            self._reset_envs(done)
+            obs = torch.where(done.unsqueeze(-1), self._observe(), obs)
+        return obs, reward, cost, terminated, truncated, info

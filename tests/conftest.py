@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny configs that train in seconds."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import safemeta
+
+REPO = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+
+def tiny_config(tmp_path: Path, **overrides):
+    """A resolved config on tiny-nav with small budgets; ``overrides`` is a nested dict layer."""
+    base = {"out": str(tmp_path / "runs"),
+            "trainer": {"iters": 4, "tasks_per_iter": 3, "envs_per_task": 4, "eval_every": 2, "checkpoint_every": 2},
+            "eval": {"tasks": 2, "adapt_steps": 1, "envs_per_task": 4},
+            "critic": {"iters": 5}, "log": {"progress": False}}
+    return safemeta.resolve_config([("test", base), ("test overrides", overrides)])
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    return lambda **o: tiny_config(tmp_path, **o)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "safemeta.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)

@@ -1,0 +1,105 @@
+"""Config validation and the CLI's user errors: exit code 2, a message naming the problem, no traceback."""
+import pytest
+import yaml
+
+import safemeta
+from safemeta.config.loader import parse_set
+from safemeta.errors import UserError
+from tests.conftest import run_cli
+
+
+def _err(*args, cwd=None):
+    r = run_cli(*args, cwd=cwd)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    return " ".join(r.stderr.split())
+
+
+def test_unknown_algo_lists_valid_names(tmp_path):
+    msg = _err("train", "--algo", "nope", "--out", str(tmp_path))
+    assert "Unknown algo 'nope'" in msg and "fomaml_trpo" in msg and "pretrained" in msg and "random" in msg
+    assert not (tmp_path / "nope-trpo-tiny-nav").exists()
+
+
+def test_unknown_yaml_key_names_key_file_and_closest(tmp_path):
+    bad = tmp_path / "my.yaml"
+    bad.write_text("trainer:\n  itres: 3\n")
+    msg = _err("train", "--config", str(bad), "--out", str(tmp_path))
+    assert "trainer.itres" in msg and str(bad) in msg and "Did you mean: iters" in msg
+
+
+def test_set_with_wrong_type_is_rejected(tmp_path):
+    msg = _err("train", "--set", "trainer.iters=abc", "--out", str(tmp_path))
+    assert "trainer.iters" in msg and "expected an integer" in msg and "'abc'" in msg and "--set" in msg
+
+
+def test_more_bad_inputs(tmp_path):
+    assert "out of range" in _err("train", "--set", "inner_cfg.trpo.max_kl=-1", "--out", str(tmp_path))
+    assert "Valid inner solver names: trpo, trpolag" in _err("train", "--inner", "cpoo", "--out", str(tmp_path))
+    assert "not one of tanh, relu, elu" in _err("train", "--set", "policy.activation=sigmoid", "--out", str(tmp_path))
+    assert "does not exist" in _err("train", "--config", str(tmp_path / "missing.yaml"))
+    assert "not a run directory" in _err("eval", str(tmp_path))
+    assert "not a run directory" in _err("train", "--resume", str(tmp_path))
+
+
+def test_layers_apply_in_order(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"trainer": {"iters": 7, "tasks_per_iter": 2}, "seed": 5}))
+    from safemeta.config.loader import read_yaml
+    cfg = safemeta.resolve_config([(str(f), read_yaml(f)), ("command line", {"seed": 6}),
+                                   ("--set", parse_set(["trainer.iters=9", "policy.hidden_sizes=[4, 4]"]))])
+    assert (cfg.trainer.iters, cfg.trainer.tasks_per_iter, cfg.seed) == (9, 2, 6)
+    assert cfg.policy.hidden_sizes == (4, 4)
+    assert cfg.trainer.envs_per_task == 16  # from configs/envs/tiny-nav.yaml over the default 8
+    assert cfg.inner == "trpo" and cfg.inner_params.max_kl == 0.01
+
+
+def test_inner_switch_keeps_per_solver_sections():
+    cfg = safemeta.resolve_config([("x", {"inner": "trpolag", "inner_cfg": {"trpolag": {"lagrange_lr": 0.2},
+                                                                              "trpo": {"max_kl": 0.05}}})])
+    assert cfg.inner_params.lagrange_lr == 0.2 and cfg.inner_cfg["trpo"].max_kl == 0.05
+    with pytest.raises(UserError, match="names no registered inner solver"):
+        safemeta.resolve_config([("x", {"inner_cfg": {"cpo2": {}}})])
+
+
+def test_parse_set_yaml_values():
+    assert parse_set(["a.b=1", "a.c=0.5", "d=true", "e=[1,2]", "f=hello"]) == \
+        {"a": {"b": 1, "c": 0.5}, "d": True, "e": [1, 2], "f": "hello"}
+    with pytest.raises(UserError):
+        parse_set(["a..b=1"])
+
+
+def test_cli_train_and_eval_end_to_end(tmp_path):
+    r = run_cli("train", "--iters", "2", "--seed", "4", "--out", str(tmp_path), "--set", "trainer.tasks_per_iter=2",
+                "--set", "eval.tasks=2", "--set", "eval.adapt_steps=1")
+    assert r.returncode == 0, r.stderr
+    run_dir = next(tmp_path.glob("fomaml_trpo-trpo-tiny-nav/*-s4"))
+    r = run_cli("eval", str(run_dir), "--tasks", "3", "--adapt-steps", "2", "--seed", "7")
+    assert r.returncode == 0, r.stderr
+    out = run_dir / "eval-it2-n3-k2-s7.json"
+    import json
+    report = json.loads(out.read_text())
+    assert len(report["steps"]) == 3 and len(report["steps"][0]["per_task"]["return"]) == 3
+    r2 = run_cli("eval", str(run_dir), "--tasks", "3", "--adapt-steps", "2", "--seed", "7")
+    assert json.loads(out.read_text())["steps"] == report["steps"]  # same seed, same numbers
+    assert r2.returncode == 0
+
+
+def test_list_shows_every_registry():
+    r = run_cli("list")
+    assert r.returncode == 0
+    for name in ("fomaml_trpo", "random", "pretrained", "trpo", "trpolag", "fomaml", "pooled", "tiny-nav"):
+        assert name in r.stdout
+
+
+def test_wandb_logs_offline_without_login(tmp_path):
+    import os
+    env_backup = os.environ.pop("WANDB_API_KEY", None)
+    try:
+        r = run_cli("train", "--wandb", "--iters", "1", "--out", str(tmp_path), "--set", "eval.tasks=1",
+                    "--set", "eval.adapt_steps=0", "--set", "trainer.tasks_per_iter=1")
+    finally:
+        if env_backup is not None:
+            os.environ["WANDB_API_KEY"] = env_backup
+    assert r.returncode == 0, r.stderr
+    assert list(tmp_path.glob("*/*/wandb/offline-run-*"))
