@@ -3,7 +3,7 @@ meta-iteration; the test family and the quick-start default).
 
 Task: goal at distance ``goal_dist`` in direction phi, a hazard disk of radius ``hazard_radius``
 centred half-way along the straight path (shifted sideways by up to ``hazard_jitter``). Split
-``train`` draws phi in [0, 1.5 pi), ``test`` in [1.5 pi, 2 pi) (disjoint).
+``train`` draws phi in [0, 1.5 pi], ``test`` in [1.5 pi, 2 pi] (disjoint up to the shared edge).
 
 Dynamics: x_{t+1} = x_t + step_size * clip(a_t, -1, 1); reward = ||x_t - g|| - ||x_{t+1} - g||
 (progress toward the goal); cost = 1 while inside the hazard. The straight path pays ~4 cost per
@@ -13,7 +13,7 @@ solver has a real trade-off to make. Observation: (x, g - x, h - x) in the world
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,10 +21,12 @@ from torch import Tensor
 
 from safemeta.config.schema import spec
 from safemeta.registry import register_env
-from safemeta.task import Task, TaskFamily
+from safemeta.task import Range, Task, TaskFamily, draw
 from safemeta.vec_cmdp import BatchedCMDP
 
-_SPLIT_ANGLES = {"train": (0.0, 1.5 * math.pi), "test": (1.5 * math.pi, 2.0 * math.pi)}
+@dataclass
+class TinyNavSplit:
+    angle: Range = spec((0.0, 1.5 * math.pi), ge=0, doc="direction phi of the goal, radians")
 
 
 @dataclass
@@ -35,6 +37,8 @@ class TinyNavConfig:
     hazard_radius: float = spec(0.2, ge=0)
     hazard_jitter: float = spec(0.05, ge=0)
     step_size: float = spec(0.1, gt=0)
+    train: TinyNavSplit = field(default_factory=TinyNavSplit)
+    test: TinyNavSplit = field(default_factory=lambda: TinyNavSplit((1.5 * math.pi, 2.0 * math.pi)))
 
 
 class TinyNavEnv(BatchedCMDP):
@@ -73,8 +77,7 @@ class TinyNav(TaskFamily):
         return self.cfg.horizon
 
     def sample_params(self, split: str, rng: np.random.Generator) -> dict:
-        lo, hi = _SPLIT_ANGLES[split]
-        return {"angle": float(rng.uniform(lo, hi)),
+        return {"angle": draw(rng, getattr(self.cfg, split).angle),
                 "hazard_shift": float(rng.uniform(-self.cfg.hazard_jitter, self.cfg.hazard_jitter))}
 
     def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> TinyNavEnv:

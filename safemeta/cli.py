@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--adapt-steps", type=int, help="K adaptation steps (default: the run's eval.adapt_steps)")
     e.add_argument("--seed", type=int, help="seed of the held-out task draw (default: the run's eval.seed)")
 
-    sub.add_parser("list", parents=[plugin], help="list registered algos, inner solvers, outer updaters and envs")
+    ls = sub.add_parser("list", parents=[plugin], help="list registered algos, inner solvers, outer updaters and envs")
+    ls.add_argument("what", nargs="?", choices=sorted(_LISTS), help="only this registry (envs: with task ranges)")
     return p
 
 
@@ -98,21 +99,36 @@ def cmd_eval(args: argparse.Namespace) -> None:
     console.print(f"wrote {out}")
 
 
+_LISTS = {"algos": "algo", "inners": "inner", "outers": "outer", "envs": "env"}
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from safemeta import registry
+    from safemeta.task import split_ranges
 
     console = Console()
-    for reg in (registry.algo, registry.inner, registry.outer, registry.env):
+    kinds = [_LISTS[args.what]] if args.what else list(_LISTS.values())
+    for kind in kinds:
+        reg = getattr(registry, kind)
         table = Table(title=reg.kind, title_justify="left")
-        table.add_column("name")
-        table.add_column("description")
-        table.add_column("from")
+        for col in ("name", "description", "from") + (("train", "test") if kind == "env" else ()):
+            table.add_column(col)
         for entry in reg.entries():
-            table.add_row(entry.name, entry.description, entry.source)
+            row = [entry.name, entry.description, entry.source]
+            if kind == "env":
+                cfg = entry.obj.Config()
+                for split in ("train", "test"):
+                    row.append("\n".join(f"{k} in [{_fmt(lo)}, {_fmt(hi)}]" for k, (lo, hi) in split_ranges(cfg, split).items())
+                               or "(one distribution)")
+            table.add_row(*row)
         console.print(table)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
 
 
 def main(argv: list[str] | None = None) -> int:

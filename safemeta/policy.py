@@ -56,12 +56,54 @@ def init_params(module: nn.Module) -> Params:
 
 
 def batched(module: nn.Module):
-    """``f(params[N,...], x[N, ..., d]) -> module output per task`` (vmap over tasks)."""
+    """``f(params[N,...], x[N, ..., d]) -> module output per task``.
+
+    The generic path is ``vmap(functional_call)`` over the task dimension. For this module's own MLPs
+    (`GaussianActor`, `Critic`) an equivalent batched-matmul path is used (same numbers, about twice as
+    fast on CPU; checked against the generic path in tests/test_policy.py).
+    """
+    if isinstance(module, GaussianActor):
+        layers = _linear_names(module.mean, "mean.")
+        act = _activation_fn(module.mean)
+
+        def actor(p: Params, x: Tensor):
+            mean = _stacked_mlp(p, x, layers, act)
+            return mean, p["log_std"].reshape(p["log_std"].shape[0], *([1] * (x.dim() - 2)), -1).expand_as(mean)
+
+        return actor
+    if isinstance(module, Critic):
+        layers = _linear_names(module.net, "net.")
+        act = _activation_fn(module.net)
+        return lambda p, x: _stacked_mlp(p, x, layers, act).squeeze(-1)
+    return vmapped(module)
+
+
+def vmapped(module: nn.Module):
+    """The generic per-task evaluation: ``vmap`` of ``functional_call`` over the task dimension."""
 
     def call(p: Params, x: Tensor):
         return functional_call(module, p, (x,))
 
     return vmap(call)
+
+
+def _linear_names(seq: nn.Sequential, prefix: str) -> list[str]:
+    return [f"{prefix}{i}" for i, m in enumerate(seq) if isinstance(m, nn.Linear)]
+
+
+def _activation_fn(seq: nn.Sequential):
+    acts = [m for m in seq if not isinstance(m, nn.Linear)]
+    return acts[0] if acts else None
+
+
+def _stacked_mlp(p: Params, x: Tensor, layers: list[str], act) -> Tensor:
+    shape = x.shape
+    h = x.reshape(shape[0], -1, shape[-1])
+    for i, name in enumerate(layers):
+        h = torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), h, p[f"{name}.weight"].transpose(1, 2))
+        if i < len(layers) - 1:
+            h = act(h)
+    return h.reshape(*shape[:-1], h.shape[-1])
 
 
 def gaussian_log_prob(act: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:

@@ -97,6 +97,10 @@ _BUILTIN_MODULES = (
     "safemeta.algorithms.outer.pooled",
     "safemeta.algorithms.outer.no_meta",
     "safemeta.envs.tiny_nav",
+    "safemeta.envs.circle",
+    "safemeta.envs.button",
+    "safemeta.envs.goal",
+    "safemeta.envs.nav2d_hazard",
     "safemeta.presets",
 )
 

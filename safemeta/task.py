@@ -7,7 +7,7 @@ that steps ``envs_per_task`` copies of every given task as one batched program.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,6 +16,23 @@ from safemeta.errors import UserError
 from safemeta.vec_cmdp import VecCMDP
 
 SPLITS = ("train", "test")
+
+Range = tuple[float, float]  # [low, high] of a task parameter in one split (validated: low <= high)
+IntRange = tuple[int, int]
+
+
+def draw(rng: np.random.Generator, bounds: tuple, integer: bool = False) -> float | int:
+    """Uniform draw from a closed ``[low, high]`` (integers inclusive)."""
+    lo, hi = bounds
+    return int(rng.integers(lo, hi + 1)) if integer else float(rng.uniform(lo, hi))
+
+
+def split_ranges(cfg: Any, split: str) -> dict[str, tuple]:
+    """The ``{param: (low, high)}`` of a family config's ``train`` / ``test`` section (for `safemeta list`)."""
+    section = getattr(cfg, split, None)
+    if section is None:
+        return {}
+    return {f.name: getattr(section, f.name) for f in fields(section)}
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,16 @@ class Validator:
             if not isinstance(v, (list, tuple)):
                 raise bad("a list")
             args = typing.get_args(tp)
+            if len(args) == 2 and args[1] is not Ellipsis:  # a fixed pair: a [low, high] range
+                if len(v) != 2:
+                    raise bad(f"a [low, high] pair")
+                out = tuple(self.value(a, x, f"{key}[{i}]") for i, (a, x) in enumerate(zip(args, v)))
+                if out[0] > out[1]:
+                    raise UserError(f"Config key '{key}'{self.where(key)}: the range [{out[0]}, {out[1]}] is empty "
+                                    "(low > high).")
+                for bound in out:
+                    self.check_range(bound, key, meta or {})
+                return out
             item = args[0] if args else Any
             return tuple(self.value(item, x, f"{key}[{i}]") for i, x in enumerate(v))
         if origin is dict:
@@ -222,7 +232,12 @@ def build_config(data: dict, source: dict[str, str]) -> Config:
 
 
 def resolve_config(user_layers: list[Layer]) -> Config:
-    """Resolve the full config from the user's layers (``--config`` file, flags, ``--set``)."""
+    """Resolve the full config from the user's layers (``--config`` file, flags, ``--set``).
+
+    ``env``, ``inner`` and ``outer`` name the active entries; given a mapping instead (``--set
+    env.test.r_c=[2.0,3.0]``), the mapping is settings of the active entry, i.e. ``env_cfg.<env>``.
+    """
+    user_layers, sections = _split_sections(user_layers)
     defaults: Layer = (str(CONFIG_DIR / "defaults.yaml"), read_yaml(str(CONFIG_DIR / "defaults.yaml")))
     first, _ = merge([defaults, *user_layers])
     preset = registry.algo.get(str(first.get("algo")))
@@ -231,8 +246,25 @@ def resolve_config(user_layers: list[Layer]) -> Config:
     env_overlay = CONFIG_DIR / "envs" / f"{second.get('env')}.yaml"
     if env_overlay.is_file():
         layers.append((str(env_overlay), read_yaml(str(env_overlay))))
-    data, source = merge([*layers, *user_layers])
+    names, _ = merge([*layers, *user_layers])
+    extra = [(src, {f"{key}_cfg": {names.get(key): settings}}) for src, key, settings in sections]
+    data, source = merge([*layers, *user_layers, *extra])
     return build_config(data, source)
+
+
+def _split_sections(layers: list[Layer]) -> tuple[list[Layer], list[tuple[str, str, dict]]]:
+    """Pull mapping values of ``env`` / ``inner`` / ``outer`` out of the layers (see `resolve_config`)."""
+    out, sections = [], []
+    for src, data in layers:
+        data = dict(data)
+        for key in ("env", "inner", "outer"):
+            if isinstance(data.get(key), dict):
+                settings = dict(data.pop(key))
+                if "name" in settings:
+                    data[key] = settings.pop("name")
+                sections.append((src, key, settings))
+        out.append((src, data))
+    return out, sections
 
 
 def load_config(path: str | Path) -> Config:

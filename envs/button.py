@@ -1,0 +1,125 @@
+"""``point-button``: touch the goal button among n_b buttons; other buttons and hazards cost.
+
+Per task (from its layout seed): n_b buttons and n_h hazards placed in [-r_s, r_s]^2, kept apart and
+away from the spawn disk at the origin. Per step (Safety-Gym's button task):
+    reward = (dist_{t-1} - dist_t) to the goal button + 1 when the goal button is touched,
+after which another button becomes the goal (drawn with the env's generator);
+    cost = 1 when touching a button that is not the goal + 1 inside a hazard.
+Task ranges (Meta-CPO): train (n_b, n_h) in [3, 6], r_s in [1.75, 2.0]; test (n_b, n_h) in [6, 10],
+r_s in [2.5, 3.0]; 1000-step episodes. Observation: proprioception + 16-bin lidar of the goal button,
+of all buttons and of the hazards.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from safemeta.config.schema import spec
+from safemeta.envs.planar import LIDAR_BINS, PROPRIO_DIM, Robot, inside_any, pad_objects, place_objects, point_lidar
+from safemeta.registry import register_env
+from safemeta.task import IntRange, Range, Task, TaskFamily, draw
+from safemeta.vec_cmdp import BatchedCMDP
+
+
+class ButtonEnv(BatchedCMDP):
+    obs_dim = PROPRIO_DIM + 3 * LIDAR_BINS
+    act_dim = 2
+
+    def __init__(self, buttons: list[np.ndarray], hazards: list[np.ndarray], cfg: "PointButtonConfig",
+                 envs_per_task: int, device: str, seed: int):
+        super().__init__(len(buttons), envs_per_task, cfg.horizon, device, seed)
+        self.cfg = cfg
+        self.buttons, self.button_mask = pad_objects(buttons, envs_per_task, self.device)
+        self.hazards, self.hazard_mask = pad_objects(hazards, envs_per_task, self.device)
+        self.n_buttons = self.button_mask.sum(1)
+        self.goal = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        self.robot = Robot("point", self.num_envs, self.device)
+        self.rows = torch.arange(self.num_envs, device=self.device)
+
+    def _new_goal(self, mask: Tensor, avoid: Tensor | None = None) -> None:
+        u = torch.rand(self.num_envs, generator=self.gen, device=self.device)
+        if avoid is None:
+            pick = (u * self.n_buttons).long()
+        else:  # another button than the current goal
+            pick = (avoid + 1 + (u * (self.n_buttons - 1)).long()) % self.n_buttons
+        self.goal = torch.where(mask, pick, self.goal)
+
+    def goal_pos(self) -> Tensor:
+        return self.buttons[self.rows, self.goal]
+
+    def _reset_envs(self, mask: Tensor) -> None:
+        u = torch.rand(self.num_envs, 3, generator=self.gen, device=self.device)
+        radius, angle = 0.3 * u[:, 0].sqrt(), 2 * math.pi * u[:, 1]
+        pos = radius.unsqueeze(-1) * torch.stack([angle.cos(), angle.sin()], -1)
+        self.robot.reset(mask, pos, (u[:, 2] * 2 - 1) * math.pi)
+        self._new_goal(mask)
+
+    def _observe(self) -> Tensor:
+        r = self.robot
+        goal = self.goal_pos().unsqueeze(1)
+        return torch.cat([r.proprio(), point_lidar(r.pos, r.heading, goal, torch.ones_like(goal[..., 0], dtype=torch.bool)),
+                          point_lidar(r.pos, r.heading, self.buttons, self.button_mask),
+                          point_lidar(r.pos, r.heading, self.hazards, self.hazard_mask)], dim=-1)
+
+    def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        before = (self.goal_pos() - self.robot.pos).norm(dim=-1)
+        self.robot.step(act)
+        pos = self.robot.pos
+        reward = before - (self.goal_pos() - pos).norm(dim=-1)
+        dist = (self.buttons - pos.unsqueeze(1)).norm(dim=-1)
+        touching = (dist < self.cfg.touch_radius) & self.button_mask
+        is_goal = torch.zeros_like(touching).scatter(1, self.goal.unsqueeze(1), True)
+        reached = (touching & is_goal).any(1)
+        cost = (touching & ~is_goal).any(1).float() + inside_any(pos, self.hazards, self.hazard_mask, self.cfg.hazard_radius).float()
+        reward = reward + reached.float() * self.cfg.goal_bonus
+        if bool(reached.any()):
+            self._new_goal(reached, avoid=self.goal)
+        return reward, cost, torch.zeros_like(reached)
+
+
+@dataclass
+class PointButtonSplit:
+    n_b: IntRange = spec((3, 6), ge=2, doc="number of buttons")
+    n_h: IntRange = spec((3, 6), ge=0, doc="number of hazards")
+    r_s: Range = spec((1.75, 2.0), gt=0, doc="spawn range: objects in [-r_s, r_s]^2")
+
+
+@dataclass
+class PointButtonConfig:
+    horizon: int = spec(1000, ge=1)
+    cost_limit: float = spec(25.0, ge=0)
+    touch_radius: float = spec(0.25, gt=0)
+    hazard_radius: float = spec(0.2, gt=0)
+    goal_bonus: float = spec(1.0, ge=0)
+    train: PointButtonSplit = field(default_factory=PointButtonSplit)
+    test: PointButtonSplit = field(default_factory=lambda: PointButtonSplit((6, 10), (6, 10), (2.5, 3.0)))
+
+
+@register_env("point-button", "Point robot touches the goal button among n_b buttons and n_h hazards (Meta-CPO)")
+class PointButton(TaskFamily):
+    name = "point-button"
+    Config = PointButtonConfig
+
+    @property
+    def horizon(self) -> int:
+        return self.cfg.horizon
+
+    def sample_params(self, split: str, rng: np.random.Generator) -> dict:
+        ranges = getattr(self.cfg, split)
+        return {"n_b": draw(rng, ranges.n_b, integer=True), "n_h": draw(rng, ranges.n_h, integer=True),
+                "r_s": draw(rng, ranges.r_s), "layout_seed": int(rng.integers(2**31))}
+
+    def layout(self, task: Task) -> tuple[np.ndarray, np.ndarray]:
+        """(buttons, hazards) of a task, reproducible from its layout seed."""
+        p = task.params
+        rng = np.random.default_rng(p["layout_seed"])
+        objects = place_objects(rng, p["n_b"] + p["n_h"], p["r_s"], 0.45, keepout=[(np.zeros(2), 0.6)])
+        return objects[: p["n_b"]], objects[p["n_b"]:]
+
+    def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> ButtonEnv:
+        layouts = [self.layout(t) for t in tasks]
+        return ButtonEnv([b for b, _ in layouts], [h for _, h in layouts], self.cfg, envs_per_task, device, seed)

@@ -1,0 +1,157 @@
+"""``point-circle`` and ``car-circle-hazard``: run along a circle, stay between the walls (and out of hazards).
+
+Reward (Safety-Gym's circle task): with world position (x, y), velocity (u, v) and r = |(x, y)|,
+    r_t = ((-u y + v x) / r) / (1 + |r - r_c|)      (tangential speed, discounted off the circle)
+Cost: 1 when |x| >= s r_c (the walls at x = +-s r_c); for ``car-circle-hazard`` also 1 inside any of the
+n_h hazard disks, which are placed on an annulus around the circle from the task's layout seed.
+
+Task ranges (Meta-CPO, Table 1): point-circle train r_c in [1.0, 1.5], s in [0.65, 0.75]; test r_c in
+[2.0, 2.5], s in [0.55, 0.65]; 500-step episodes. car-circle-hazard train r_c in [0.7, 1.0], n_h in
+[3, 7]; test r_c in [1.2, 1.5], n_h in [7, 12]; cost limit 10 in training and 5 at test.
+Observation: proprioception, 16-bin lidar of the circle centre, 16-bin wall lidar (+ hazard lidar).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from safemeta.config.schema import spec
+from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, Robot, inside_any, pad_objects, place_objects,
+                                  point_lidar, wall_lidar)
+from safemeta.registry import register_env
+from safemeta.task import IntRange, Range, Task, TaskFamily, draw
+from safemeta.vec_cmdp import BatchedCMDP
+
+
+class CircleEnv(BatchedCMDP):
+    def __init__(self, robot: str, r_c: Tensor, wall: Tensor, hazards: list[np.ndarray], hazard_radius: float,
+                 horizon: int, envs_per_task: int, device: str, seed: int, spawn: float = 0.4):
+        super().__init__(r_c.shape[0], envs_per_task, horizon, device, seed)
+        rep = lambda x: x.to(self.device).repeat_interleave(envs_per_task, 0)  # noqa: E731
+        self.r_c, self.wall = rep(r_c), rep(wall)
+        self.with_hazards = bool(hazards)
+        self.hazards, self.hazard_mask = pad_objects(hazards or [np.zeros((0, 2))] * self.n_tasks, envs_per_task, self.device)
+        self.hazard_radius = hazard_radius
+        self.spawn = spawn
+        self.robot = Robot(robot, self.num_envs, self.device)
+        self.centre = torch.zeros(self.num_envs, 1, 2, device=self.device)
+        self.centre_mask = torch.ones(self.num_envs, 1, dtype=torch.bool, device=self.device)
+        self.obs_dim = PROPRIO_DIM + LIDAR_BINS * (3 if self.with_hazards else 2)
+        self.act_dim = 2
+
+    def _reset_envs(self, mask: Tensor) -> None:
+        u = torch.rand(self.num_envs, 3, generator=self.gen, device=self.device)
+        pos = (u[:, :2] * 2 - 1) * self.spawn * self.wall.unsqueeze(-1).clamp(max=1.0)
+        self.robot.reset(mask, pos, (u[:, 2] * 2 - 1) * math.pi)
+
+    def _observe(self) -> Tensor:
+        r = self.robot
+        parts = [r.proprio(), point_lidar(r.pos, r.heading, self.centre, self.centre_mask),
+                 wall_lidar(r.pos, r.heading, self.wall)]
+        if self.with_hazards:
+            parts.append(point_lidar(r.pos, r.heading, self.hazards, self.hazard_mask))
+        return torch.cat(parts, dim=-1)
+
+    def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        self.robot.step(act)
+        pos, vel = self.robot.pos, self.robot.velocity()
+        radius = pos.norm(dim=-1).clamp(min=1e-6)
+        tangential = (-vel[:, 0] * pos[:, 1] + vel[:, 1] * pos[:, 0]) / radius
+        reward = tangential / (1 + (radius - self.r_c).abs())
+        cost = (pos[:, 0].abs() >= self.wall).float()
+        if self.with_hazards:
+            cost = cost + inside_any(pos, self.hazards, self.hazard_mask, self.hazard_radius).float()
+        return reward, cost, torch.zeros_like(cost, dtype=torch.bool)
+
+
+@dataclass
+class PointCircleSplit:
+    r_c: Range = spec((1.0, 1.5), gt=0, doc="circle radius")
+    s: Range = spec((0.65, 0.75), gt=0, doc="wall position as a fraction of r_c")
+
+
+@dataclass
+class PointCircleConfig:
+    horizon: int = spec(500, ge=1)
+    cost_limit: float = spec(25.0, ge=0, doc="d, episode cost allowed (steps beyond the walls)")
+    train: PointCircleSplit = field(default_factory=PointCircleSplit)
+    test: PointCircleSplit = field(default_factory=lambda: PointCircleSplit((2.0, 2.5), (0.55, 0.65)))
+
+
+@register_env("point-circle", "Point robot runs a circle of radius r_c between walls at +-s r_c (Meta-CPO)")
+class PointCircle(TaskFamily):
+    name = "point-circle"
+    Config = PointCircleConfig
+
+    @property
+    def horizon(self) -> int:
+        return self.cfg.horizon
+
+    def sample_params(self, split: str, rng: np.random.Generator) -> dict:
+        ranges = getattr(self.cfg, split)
+        return {"r_c": draw(rng, ranges.r_c), "s": draw(rng, ranges.s)}
+
+    def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> CircleEnv:
+        r_c = torch.tensor([t.params["r_c"] for t in tasks])
+        wall = r_c * torch.tensor([t.params["s"] for t in tasks])
+        return CircleEnv("point", r_c, wall, [], 0.0, self.cfg.horizon, envs_per_task, device, seed)
+
+
+@dataclass
+class CarCircleHazardSplit:
+    r_c: Range = spec((0.7, 1.0), gt=0, doc="circle radius")
+    n_h: IntRange = spec((3, 7), ge=0, doc="number of hazards")
+
+
+@dataclass
+class CarCircleHazardConfig:
+    horizon: int = spec(500, ge=1)
+    cost_limit: float = spec(10.0, ge=0, doc="d during meta-training")
+    test_cost_limit: float = spec(5.0, ge=0, doc="d at meta-test (the paper tightens it)")
+    wall_fraction: float = spec(0.8, gt=0, doc="walls at +- wall_fraction * r_c")
+    hazard_radius: float = spec(0.15, gt=0)
+    train: CarCircleHazardSplit = field(default_factory=CarCircleHazardSplit)
+    test: CarCircleHazardSplit = field(default_factory=lambda: CarCircleHazardSplit((1.2, 1.5), (7, 12)))
+
+
+@register_env("car-circle-hazard", "Car robot runs a circle between walls among n_h hazards (Meta-CPO)")
+class CarCircleHazard(TaskFamily):
+    name = "car-circle-hazard"
+    Config = CarCircleHazardConfig
+
+    @property
+    def horizon(self) -> int:
+        return self.cfg.horizon
+
+    def cost_limit_for(self, split: str) -> float:
+        return float(self.cfg.test_cost_limit if split == "test" else self.cfg.cost_limit)
+
+    def sample_params(self, split: str, rng: np.random.Generator) -> dict:
+        ranges = getattr(self.cfg, split)
+        return {"r_c": draw(rng, ranges.r_c), "n_h": draw(rng, ranges.n_h, integer=True),
+                "layout_seed": int(rng.integers(2**31))}
+
+    def hazards(self, task: Task) -> np.ndarray:
+        """Hazard centres on the annulus [0.7 r_c, 1.3 r_c], at least 2.5 hazard radii apart."""
+        rng = np.random.default_rng(task.params["layout_seed"])
+        r_c, n = task.params["r_c"], task.params["n_h"]
+        out: list[np.ndarray] = []
+        for _ in range(10000):
+            if len(out) == n:
+                break
+            angle, radius = rng.uniform(0, 2 * math.pi), rng.uniform(0.7 * r_c, 1.3 * r_c)
+            p = radius * np.array([math.cos(angle), math.sin(angle)])
+            if all(np.linalg.norm(p - q) >= 2.5 * self.cfg.hazard_radius for q in out):
+                out.append(p)
+        if len(out) < n:  # fall back to a looser square placement
+            return place_objects(rng, n, 1.3 * r_c, 2 * self.cfg.hazard_radius)
+        return np.array(out, dtype=np.float32).reshape(n, 2)
+
+    def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> CircleEnv:
+        r_c = torch.tensor([t.params["r_c"] for t in tasks])
+        return CircleEnv("car", r_c, self.cfg.wall_fraction * r_c, [self.hazards(t) for t in tasks],
+                         self.cfg.hazard_radius, self.cfg.horizon, envs_per_task, device, seed)

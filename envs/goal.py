@@ -1,0 +1,112 @@
+"""``point-goal``: reach a goal among hazards and obstacles (C-MAML's environments 1 and 2).
+
+A task is a layout drawn from a seed: a start pose, a goal inside the 140-degree arc seen from the start
+(relative bearing in [-70, 70] degrees, distance in [1.5, 2.5]), 10 hazards and 1 (level 1) or 10
+(level 2) obstacles in [-3, 3]^2 away from start and goal. Obstacles are hard pillars (the robot is
+pushed out) whose contact costs 1; a hazard costs 1 while inside it. Reward: progress toward the goal
+(dist_{t-1} - dist_t) + 1 on reaching it (within 0.3), which ends the episode (terminated). Train and
+test layout seeds come from disjoint ranges. Observation: proprioception + 16-bin lidar of the goal,
+the hazards and the obstacles.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from safemeta.config.schema import spec
+from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, Robot, inside_any, pad_objects, place_objects,
+                                  point_lidar, push_out_of_disks)
+from safemeta.registry import register_env
+from safemeta.task import IntRange, Task, TaskFamily, draw
+from safemeta.vec_cmdp import BatchedCMDP
+
+OBSTACLES_PER_LEVEL = {1: 1, 2: 10}
+
+
+class GoalEnv(BatchedCMDP):
+    obs_dim = PROPRIO_DIM + 3 * LIDAR_BINS
+    act_dim = 2
+
+    def __init__(self, layouts: list[dict], cfg: "PointGoalConfig", envs_per_task: int, device: str, seed: int):
+        super().__init__(len(layouts), envs_per_task, cfg.horizon, device, seed)
+        self.cfg = cfg
+        rep = lambda key: torch.as_tensor(np.stack([l[key] for l in layouts]), dtype=torch.float32,  # noqa: E731,E741
+                                          device=self.device).repeat_interleave(envs_per_task, 0)
+        self.start, self.start_heading, self.goal = rep("start"), rep("heading"), rep("goal")
+        self.hazards, self.hazard_mask = pad_objects([l["hazards"] for l in layouts], envs_per_task, self.device)  # noqa: E741
+        self.pillars, self.pillar_mask = pad_objects([l["pillars"] for l in layouts], envs_per_task, self.device)  # noqa: E741
+        self.goal_mask = torch.ones(self.num_envs, 1, dtype=torch.bool, device=self.device)
+        self.robot = Robot("point", self.num_envs, self.device)
+
+    def _reset_envs(self, mask: Tensor) -> None:
+        u = torch.rand(self.num_envs, 3, generator=self.gen, device=self.device)
+        self.robot.reset(mask, self.start + (u[:, :2] - 0.5) * 0.2, self.start_heading + (u[:, 2] - 0.5) * 0.5)
+
+    def _observe(self) -> Tensor:
+        r = self.robot
+        return torch.cat([r.proprio(), point_lidar(r.pos, r.heading, self.goal.unsqueeze(1), self.goal_mask),
+                          point_lidar(r.pos, r.heading, self.hazards, self.hazard_mask),
+                          point_lidar(r.pos, r.heading, self.pillars, self.pillar_mask)], dim=-1)
+
+    def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        before = (self.goal - self.robot.pos).norm(dim=-1)
+        self.robot.step(act)
+        self.robot.pos, contact = push_out_of_disks(self.robot.pos, self.pillars, self.pillar_mask,
+                                                    self.cfg.pillar_radius + self.cfg.robot_radius)
+        after = (self.goal - self.robot.pos).norm(dim=-1)
+        reached = after < self.cfg.goal_radius
+        reward = before - after + reached.float() * self.cfg.goal_bonus
+        cost = contact.float() + inside_any(self.robot.pos, self.hazards, self.hazard_mask, self.cfg.hazard_radius).float()
+        return reward, cost, reached
+
+
+@dataclass
+class PointGoalSplit:
+    layout_seed: IntRange = spec((0, 999_999), ge=0, doc="seed of the task's layout")
+
+
+@dataclass
+class PointGoalConfig:
+    level: int = spec(2, ge=1, le=2, doc="1: 10 hazards + 1 obstacle; 2: 10 hazards + 10 obstacles")
+    horizon: int = spec(1000, ge=1)
+    cost_limit: float = spec(5.0, ge=0, doc="d (C-MAML: 5 in environment 2, 0.75 in environment 1)")
+    n_hazards: int = spec(10, ge=0)
+    goal_radius: float = spec(0.3, gt=0)
+    hazard_radius: float = spec(0.2, gt=0)
+    pillar_radius: float = spec(0.15, gt=0)
+    robot_radius: float = spec(0.1, ge=0)
+    goal_bonus: float = spec(1.0, ge=0)
+    train: PointGoalSplit = field(default_factory=PointGoalSplit)
+    test: PointGoalSplit = field(default_factory=lambda: PointGoalSplit((1_000_000, 1_999_999)))
+
+
+@register_env("point-goal", "Point robot reaches a goal among hazards and obstacles, level 1 or 2 (C-MAML)")
+class PointGoal(TaskFamily):
+    name = "point-goal"
+    Config = PointGoalConfig
+
+    @property
+    def horizon(self) -> int:
+        return self.cfg.horizon
+
+    def sample_params(self, split: str, rng: np.random.Generator) -> dict:
+        return {"level": self.cfg.level, "layout_seed": draw(rng, getattr(self.cfg, split).layout_seed, integer=True)}
+
+    def layout(self, task: Task) -> dict:
+        rng = np.random.default_rng(task.params["layout_seed"])
+        start = rng.uniform(-1.0, 1.0, size=2)
+        heading = rng.uniform(-math.pi, math.pi)
+        bearing = heading + math.radians(rng.uniform(-70.0, 70.0))
+        goal = start + rng.uniform(1.5, 2.5) * np.array([math.cos(bearing), math.sin(bearing)])
+        keep = [(start, 0.6), (goal, 0.5)]
+        n_pillars = OBSTACLES_PER_LEVEL[task.params["level"]]
+        objects = place_objects(rng, self.cfg.n_hazards + n_pillars, 3.0, 0.45, keepout=keep)
+        return {"start": start, "heading": np.float32(heading), "goal": goal,
+                "hazards": objects[: self.cfg.n_hazards], "pillars": objects[self.cfg.n_hazards:]}
+
+    def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> GoalEnv:
+        return GoalEnv([self.layout(t) for t in tasks], self.cfg, envs_per_task, device, seed)

@@ -1,0 +1,164 @@
+"""The built-in batched task families: contract, determinism, cost semantics at hand-placed positions,
+lidar against hand-computed readings, split ranges, and parameters that really change the task."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from safemeta.envs.planar import LIDAR_BINS, point_lidar, wall_lidar
+from safemeta.registry import env as env_registry
+from safemeta.task import Task, split_ranges
+
+FAMILIES = ["point-circle", "car-circle-hazard", "point-button", "point-goal", "nav2d-hazard", "tiny-nav"]
+
+
+def family(name, **kw):
+    cls = env_registry.get(name)
+    return cls(cls.Config(**kw))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_contract_and_determinism(name):
+    fam = family(name)
+    tasks = fam.sample(3, "train", np.random.default_rng(0))
+    acts = torch.rand(30, 3 * 2, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def roll():
+        venv = fam.make(tasks, 2, seed=0)
+        out = [venv.reset(seed=5)]
+        for a in acts:
+            obs, r, c, term, trunc, info = venv.step(a)
+            out += [obs, r, c, term.float(), trunc.float()]
+        return out, venv
+
+    a, venv = roll()
+    b, _ = roll()
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert a[0].shape == (6, venv.obs_dim) and a[0].dtype == torch.float32 and venv.act_dim == 2
+    assert all(bool(torch.isfinite(x).all()) for x in a)
+    assert all(bool((c >= 0).all()) for c in a[3::5])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_split_samples_lie_in_their_ranges(name):
+    fam = family(name)
+    for split in ("train", "test"):
+        ranges = split_ranges(fam.cfg, split)
+        for t in fam.sample(50, split, np.random.default_rng(1)):
+            for key, (lo, hi) in ranges.items():
+                assert lo <= t.params[key] <= hi, (split, key, t.params[key])
+
+
+def test_train_and_test_ranges_are_disjoint_where_the_papers_say():
+    pc = family("point-circle")
+    assert max(t.params["r_c"] for t in pc.sample(100, "train", np.random.default_rng(0))) <= 1.5
+    assert min(t.params["r_c"] for t in pc.sample(100, "test", np.random.default_rng(0))) >= 2.0
+    pg = family("point-goal")
+    train = {t.params["layout_seed"] for t in pg.sample(200, "train", np.random.default_rng(0))}
+    test = {t.params["layout_seed"] for t in pg.sample(200, "test", np.random.default_rng(0))}
+    assert not train & test
+    assert family("car-circle-hazard").cost_limit_for("train") == 10 and family("car-circle-hazard").cost_limit_for("test") == 5
+
+
+def test_truncation_at_horizon_and_auto_reset():
+    fam = family("point-circle", horizon=4)
+    venv = fam.make(fam.sample(1, "train", np.random.default_rng(0)), 3, seed=0)
+    obs0 = venv.reset(seed=1)
+    flags = []
+    for _ in range(8):
+        obs, r, c, term, trunc, info = venv.step(torch.ones(3, 2))
+        flags.append(bool(trunc.all()))
+        if flags[-1]:
+            assert not torch.equal(info["final_obs"], obs)  # final obs is the pre-reset state
+    assert flags == [False, False, False, True] * 2
+
+
+def test_point_goal_terminates_on_reaching_the_goal():
+    fam = family("point-goal", level=1)
+    task = fam.sample(1, "train", np.random.default_rng(3))
+    venv = fam.make(task, 1, seed=0)
+    venv.reset(0)
+    venv.robot.pos = venv.goal.clone() + torch.tensor([[0.5, 0.0]])
+    venv.robot.heading = torch.tensor([math.pi])
+    venv.robot.speed = torch.tensor([1.0])
+    terms = [bool(venv.step(torch.tensor([[1.0, 0.0]]))[3]) for _ in range(12)]
+    assert any(terms) and not any(venv.step(torch.zeros(1, 2))[4] for _ in range(1))
+
+
+def _place(venv, pos):
+    venv.robot.pos = torch.tensor(pos, dtype=torch.float32).reshape(-1, 2).expand(venv.num_envs, 2).clone()
+    venv.robot.speed.zero_()
+    venv.robot.yaw_rate.zero_()
+
+
+def test_circle_wall_cost_and_reward_at_hand_placed_positions():
+    fam = family("point-circle")
+    venv = fam.make([Task("point-circle", "train", 0, {"r_c": 1.0, "s": 0.7})], 1, seed=0)
+    venv.reset(0)
+    _place(venv, [0.69, 0.0])
+    assert float(venv.step(torch.zeros(1, 2))[2]) == 0.0
+    _place(venv, [0.71, 0.0])
+    assert float(venv.step(torch.zeros(1, 2))[2]) == 1.0
+    _place(venv, [0.0, 1.0])  # on the circle, moving in -x: counter-clockwise tangential speed v
+    venv.robot.heading = torch.tensor([math.pi])
+    venv.robot.speed = torch.tensor([0.5])
+    _, r, c, *_ = venv.step(torch.zeros(1, 2))
+    (x, y), (u, v) = venv.robot.pos[0].tolist(), venv.robot.velocity()[0].tolist()
+    radius = math.hypot(x, y)
+    assert u < 0 and float(r) == pytest.approx(((-u * y + v * x) / radius) / (1 + abs(radius - 1.0)), rel=1e-5)
+    assert float(r) > 0.4  # moving counter-clockwise along the circle pays
+    assert float(c) == 0.0
+
+
+def test_hazard_and_button_costs_at_hand_placed_positions():
+    fam = family("point-button")
+    task = fam.sample(1, "train", np.random.default_rng(0))[0]
+    buttons, hazards = fam.layout(task)
+    venv = fam.make([task], 1, seed=0)
+    venv.reset(0)
+    goal = int(venv.goal)
+    other = (goal + 1) % len(buttons)
+    _place(venv, buttons[other])
+    assert float(venv.step(torch.zeros(1, 2))[2]) == 1.0  # touching a wrong button
+    _place(venv, hazards[0])
+    assert float(venv.step(torch.zeros(1, 2))[2]) == 1.0  # inside a hazard
+    _place(venv, buttons[goal])
+    _, r, c, *_ = venv.step(torch.zeros(1, 2))
+    assert float(c) == 0.0 and float(r) >= 1.0 - 1e-5 and int(venv.goal) != goal  # bonus, new goal
+    far = np.array([fam.cfg.train.r_s[1] + 2.0, 0.0])
+    _place(venv, far)
+    assert float(venv.step(torch.zeros(1, 2))[2]) == 0.0
+
+
+def test_point_lidar_matches_hand_computation():
+    pos = torch.tensor([[1.0, 1.0]])
+    heading = torch.tensor([math.pi / 2])  # facing +y
+    objects = torch.tensor([[[1.0, 3.0], [0.0, 1.0], [1.0, 1.5], [5.0, 5.0]]])
+    mask = torch.tensor([[True, True, True, False]])
+    out = point_lidar(pos, heading, objects, mask, gain=1.0)
+    expected = torch.zeros(1, LIDAR_BINS)
+    expected[0, 0] = math.exp(-0.5)  # straight ahead: objects at distance 2 and 0.5 share bin 0 -> max
+    expected[0, 4] = math.exp(-1.0)  # to the left (+90 deg) at distance 1 -> bin 4 of 16
+    torch.testing.assert_close(out, expected)
+
+
+def test_wall_lidar_matches_hand_computation():
+    out = wall_lidar(torch.tensor([[0.2, 0.0]]), torch.tensor([0.0]), torch.tensor([1.0]), gain=1.0)
+    phi = (torch.arange(LIDAR_BINS) + 0.5) * 2 * math.pi / LIDAR_BINS
+    dist = torch.where(phi.cos() > 0, (1.0 - 0.2) / phi.cos(), (-1.0 - 0.2) / phi.cos())
+    torch.testing.assert_close(out[0], torch.exp(-dist))
+
+
+def test_tighter_walls_cost_a_fixed_heuristic_policy_more():
+    def cost_of(s):
+        fam = family("point-circle", horizon=200)
+        venv = fam.make([Task("point-circle", "train", 0, {"r_c": 1.2, "s": s})], 8, seed=0)
+        obs = venv.reset(0)
+        total = 0.0
+        for _ in range(200):  # drive forward while turning gently: a circle of radius ~1
+            obs, r, c, *_ = venv.step(torch.tensor([[1.0, 0.25]]).expand(8, 2))
+            total += float(c.sum())
+        return total
+
+    assert cost_of(0.55) > cost_of(0.75) + 10
