@@ -101,6 +101,7 @@ _BUILTIN_MODULES = (
     "safemeta.envs.button",
     "safemeta.envs.goal",
     "safemeta.envs.nav2d_hazard",
+    "safemeta.envs.tabular_gridworld",
     "safemeta.presets",
 )
 
