@@ -102,6 +102,7 @@ _BUILTIN_MODULES = (
     "safemeta.envs.goal",
     "safemeta.envs.nav2d_hazard",
     "safemeta.envs.tabular_gridworld",
+    "safemeta.envs.safety_gym_families",
     "safemeta.presets",
 )
 

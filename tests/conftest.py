@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 
 def tiny_config(tmp_path: Path, **overrides):
     """A resolved config on tiny-nav with small budgets; ``overrides`` is a nested dict layer."""
-    base = {"out": str(tmp_path / "runs"),
+    base = {"env": "tiny-nav", "out": str(tmp_path / "runs"),
             "trainer": {"iters": 4, "tasks_per_iter": 3, "envs_per_task": 4, "eval_every": 2, "checkpoint_every": 2},
             "eval": {"tasks": 2, "adapt_steps": 1, "envs_per_task": 4},
             "critic": {"iters": 5}, "log": {"progress": False}}

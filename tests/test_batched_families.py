@@ -162,3 +162,22 @@ def test_tighter_walls_cost_a_fixed_heuristic_policy_more():
         return total
 
     assert cost_of(0.55) > cost_of(0.75) + 10
+
+
+@pytest.mark.slow
+def test_trpolag_learns_point_circle_within_the_default_budget(tmp_path):
+    """`pretrained` = trpolag on the pooled training tasks, with point-circle's default overlay budget."""
+    import safemeta
+    from safemeta.trainer import MetaTrainer
+
+    cfg = safemeta.resolve_config([("test", {"algo": "pretrained", "env": "point-circle", "out": str(tmp_path),
+                                             "log": {"progress": False}})])
+    assert cfg.inner == "trpolag"
+    trainer = MetaTrainer(cfg)
+    rows = [trainer.train_iteration() for _ in range(cfg.trainer.iters)]
+    random_return = rows[0]["train/return_0"]
+    last = rows[-5:]
+    ret = sum(r["train/return_0"] for r in last) / len(last)
+    cost = sum(r["train/cost_0"] for r in last) / len(last)
+    assert ret > 50 * max(random_return, 1.0), (ret, random_return)
+    assert cost <= trainer.family.cost_limit, cost

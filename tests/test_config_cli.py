@@ -46,7 +46,7 @@ def test_layers_apply_in_order(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump({"trainer": {"iters": 7, "tasks_per_iter": 2}, "seed": 5}))
     from safemeta.config.loader import read_yaml
-    cfg = safemeta.resolve_config([(str(f), read_yaml(f)), ("command line", {"seed": 6}),
+    cfg = safemeta.resolve_config([(str(f), read_yaml(f)), ("command line", {"seed": 6, "env": "tiny-nav"}),
                                    ("--set", parse_set(["trainer.iters=9", "policy.hidden_sizes=[4, 4]"]))])
     assert (cfg.trainer.iters, cfg.trainer.tasks_per_iter, cfg.seed) == (9, 2, 6)
     assert cfg.policy.hidden_sizes == (4, 4)
@@ -70,7 +70,7 @@ def test_parse_set_yaml_values():
 
 
 def test_cli_train_and_eval_end_to_end(tmp_path):
-    r = run_cli("train", "--iters", "2", "--seed", "4", "--out", str(tmp_path), "--set", "trainer.tasks_per_iter=2",
+    r = run_cli("train", "--env", "tiny-nav", "--iters", "2", "--seed", "4", "--out", str(tmp_path), "--set", "trainer.tasks_per_iter=2",
                 "--set", "eval.tasks=2", "--set", "eval.adapt_steps=1")
     assert r.returncode == 0, r.stderr
     run_dir = next(tmp_path.glob("fomaml_trpo-trpo-tiny-nav/*-s4"))
@@ -96,7 +96,7 @@ def test_wandb_logs_offline_without_login(tmp_path):
     import os
     env_backup = os.environ.pop("WANDB_API_KEY", None)
     try:
-        r = run_cli("train", "--wandb", "--iters", "1", "--out", str(tmp_path), "--set", "eval.tasks=1",
+        r = run_cli("train", "--wandb", "--env", "tiny-nav", "--iters", "1", "--out", str(tmp_path), "--set", "eval.tasks=1",
                     "--set", "eval.adapt_steps=0", "--set", "trainer.tasks_per_iter=1")
     finally:
         if env_backup is not None:

@@ -23,7 +23,7 @@ def test_plugin_file_registers_a_usable_inner_solver(tmp_path):
     f.write_text(PLUGIN)
     r = run_cli("list", "--plugin", str(f))
     assert r.returncode == 0 and "half_trpo" in r.stdout and "plugin" in r.stdout
-    r = run_cli("train", "--plugin", str(f), "--inner", "half_trpo", "--iters", "1", "--out", str(tmp_path / "runs"),
+    r = run_cli("train", "--plugin", str(f), "--inner", "half_trpo", "--env", "tiny-nav", "--iters", "1", "--out", str(tmp_path / "runs"),
                 "--set", "inner_cfg.half_trpo.scale=0.25", "--set", "eval.tasks=1", "--set", "eval.adapt_steps=0")
     assert r.returncode == 0, r.stderr
     assert "scale: 0.25" in next((tmp_path / "runs").glob("*/*/config.yaml")).read_text()

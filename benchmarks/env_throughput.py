@@ -1,0 +1,115 @@
+"""Env-steps per second of the built-in batched families vs the matching Safety-Gymnasium task.
+
+    .venv/bin/python benchmarks/env_throughput.py [--threads 2] [--envs 1 64 1024 4096] [--sg-steps 2000]
+
+For every built-in family: random actions at 1, 64, 1024 and 4096 envs (4 tasks once there are >= 4
+envs), auto-resets included; then collection of whole episodes with the default MLP policy (64, 64)
+through `safemeta.collector.Collector` at 4096 envs. For the Safety-Gymnasium twin: one env stepped
+with random actions, without resets (a single episode of ``--sg-steps`` steps) and with the reset
+cost (the XML rebuild at each reset). Everything runs in one process, on the same machine, in one run,
+so the ratio column compares like with like.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from safemeta.collector import Collector
+from safemeta.params import stack
+from safemeta.policy import GaussianActor, init_params
+from safemeta.registry import env as env_registry
+
+SG_TWINS = {"point-circle": "SafetyPointCircle1-v0", "car-circle-hazard": "SafetyCarCircle1-v0",
+            "point-button": "SafetyPointButton1-v0", "point-goal": "SafetyPointGoal2-v0"}
+
+
+def family(name: str):
+    cls = env_registry.get(name)
+    return cls(cls.Config())
+
+
+def builtin_rate(name: str, n_envs: int, min_seconds: float = 1.0) -> float:
+    fam = family(name)
+    n_tasks = 4 if n_envs >= 4 else 1
+    venv = fam.make(fam.sample(n_tasks, "train", np.random.default_rng(0)), n_envs // n_tasks, seed=0)
+    venv.reset(0)
+    gen = torch.Generator().manual_seed(0)
+    act = lambda: torch.rand(venv.num_envs, venv.act_dim, generator=gen) * 2 - 1  # noqa: E731
+    for _ in range(5):
+        venv.step(act())
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+        for _ in range(20):
+            venv.step(act())
+        steps += 20
+    return steps * venv.num_envs / (time.perf_counter() - start)
+
+
+def collection_rate(name: str, n_envs: int = 4096) -> float:
+    fam = family(name)
+    venv = fam.make(fam.sample(4, "train", np.random.default_rng(0)), n_envs // 4, seed=0)
+    actor = GaussianActor(venv.obs_dim, venv.act_dim, (64, 64), "tanh", -0.5)
+    collector = Collector(actor)
+    params = stack(init_params(actor), 4)
+    episodes = max(1, 200 // fam.horizon)
+    gen = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    batch = collector.collect(params, venv, episodes, gen)
+    return batch.env_steps / (time.perf_counter() - start)
+
+
+def sg_rates(env_id: str, steps: int) -> tuple[float, float]:
+    from safemeta.compat.safety_gym import import_safety_gymnasium
+
+    sg = import_safety_gymnasium()
+    env = sg.make(env_id, max_episode_steps=steps + 10)
+    env.reset(seed=0)
+    start = time.perf_counter()
+    for _ in range(steps):
+        env.step(env.action_space.sample())
+    no_reset = steps / (time.perf_counter() - start)
+    start = time.perf_counter()
+    n_resets = 10
+    for _ in range(n_resets):
+        env.reset()
+    reset_time = (time.perf_counter() - start) / n_resets
+    horizon = 1000 if "Button" in env_id or "Goal" in env_id else 500
+    with_reset = horizon / (horizon / no_reset + reset_time)
+    env.close()
+    return no_reset, with_reset
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--envs", type=int, nargs="+", default=[1, 64, 1024, 4096])
+    p.add_argument("--sg-steps", type=int, default=2000)
+    p.add_argument("--families", nargs="+", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    names = args.families or [n for n in env_registry.names() if not n.startswith("sg-")]
+    header = ["family"] + [f"{n} envs" for n in args.envs] + ["collect 4096 (MLP)", "SG twin", "SG no reset",
+                                                                "SG with resets", f"ratio @{max(args.envs)}"]
+    rows = []
+    for name in names:
+        rates = [builtin_rate(name, n) for n in args.envs]
+        collect = collection_rate(name)
+        twin = SG_TWINS.get(name)
+        sg = sg_rates(twin, args.sg_steps) if twin else (float("nan"), float("nan"))
+        ratio = rates[-1] / sg[0] if twin else float("nan")
+        rows.append([name, *[f"{r:,.0f}" for r in rates], f"{collect:,.0f}", twin or "-",
+                     *(f"{x:,.0f}" if twin else "-" for x in sg), f"{ratio:,.0f}x" if twin else "-"])
+        print(" | ".join(rows[-1]), flush=True)
+    print()
+    print(f"env-steps/s, torch threads = {args.threads}, torch {torch.__version__}")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,539 @@
+"""Safety-Gymnasium task families: ``sg-point-circle``, ``sg-car-circle-hazard``, ``sg-point-button``,
+``sg-point-goal``.
+
+The same task distributions as the batched torch families (``point-circle``, ``car-circle-hazard``,
+``point-button``, ``point-goal``: same parameter names, splits and horizons), simulated by
+safety-gymnasium 1.0.0 / MuJoCo. Each env is one ``safety_gymnasium.builder.Builder``;
+`SafetyGymVecCMDP` steps the ``n_tasks * envs_per_task`` of them in a Python loop (task-major order)
+and returns float32 torch tensors. One env ran at 250-1800 env-steps/s here (2 shared cores; Point
+circle fastest, level-2 goal with 10 vases slowest) instead of ~10^6 for the batched families, so these
+are for checking results on the real simulator, not for sweeps. safety-gymnasium is imported
+only inside ``make`` (through `safemeta.compat.safety_gym`), so ``safemeta list`` never loads MuJoCo.
+
+Where the task parameters go
+----------------------------
+A ``Builder`` calls ``_get_task()``, which constructs the level class (e.g. ``CircleLevel1(config)``)
+and then builds the observation space; the placements, the layout and the MuJoCo world are built later,
+on the first ``reset`` (``Underlying._build``), and the placements dict is then cached for the life
+of the env. Two traps decide where the parameters must be applied:
+
+* the ``config`` dict is applied by ``Underlying._parse`` at the *start* of ``BaseTask.__init__``,
+  before the level's ``__init__`` body runs, so a level overwrites it: ``CircleLevel0`` sets
+  ``num_steps = 500``, ``agent.placements`` and ``agent.keepout = 0``; ``ButtonLevel0/1/2`` and
+  ``GoalLevel0/1/2`` set ``placements_conf.extents``. Objects are added in the level's ``__init__`` too,
+  so a config key such as ``'hazards.num'`` does not even parse (``assert ... 'Bad key'``).
+* ``_build`` turns the objects' ``num`` / ``placements`` / ``locations`` / ``keepout`` into the cached
+  placements dict on the first reset only, and some objects cache derived values when constructed:
+  ``Sigwalls.__post_init__`` computes the wall ``locations`` from ``locate_factor`` (so changing
+  ``locate_factor`` later moves the cost threshold but not the wall geoms).
+
+So `_TaskBuilder._get_task` constructs the level class, then applies the family's parameters
+(``configure``), then sets ``num_steps`` to the family horizon, and only then builds the observation
+space. Nothing has been laid out yet at that point, and every geom is created from the new values.
+Per family (base class in ``safety_gymnasium/tasks/safe_navigation/``):
+
+``sg-point-circle`` (``circle/circle_level1.py: CircleLevel1``, agent ``Point``)
+  * r_c -> ``task.circle.radius`` (``assets/geoms/circle.py: Circle``), which sets both the drawn
+    cylinder (``Circle.get_config``) and the reward ``CircleLevel0.calculate_reward``:
+    0.1 * ((-u y + v x) / r) / (1 + |r - r_c|).
+  * s -> the walls: the ``Sigwalls(locate_factor=1.125)`` that ``CircleLevel1.__init__`` adds is
+    replaced (``_add_geoms``, same name) by ``Sigwalls(num=2, locate_factor=s * r_c,
+    is_constrained=True)`` (``assets/geoms/sigwalls.py``): wall geoms at x = +-s r_c and
+    ``cost_out_of_boundary`` = |x| > s r_c.
+  * ``agent.placements`` (set by ``CircleLevel0``) is narrowed to |x| <= min(0.8, s r_c - 0.1), so an
+    episode never starts behind a wall (``Builder.reset`` asserts a zero starting cost).
+``sg-car-circle-hazard`` (the same, agent ``Car``; walls at +-``wall_fraction`` * r_c)
+  * safety-gymnasium's circle levels have no hazards; they are added with the library's own object
+    mechanism: ``_add_geoms(Hazards(num=n_h, size=hazard_size, keepout=0, locations=...))``
+    (``assets/geoms/hazards.py``). ``locations`` pins the n_h centres, drawn from the task's
+    ``layout_seed`` on the annulus 0.7 r_c <= |p| <= 1.3 r_c (as in the batched family), so a task
+    keeps its hazards across episodes. Cost: ``cost_hazards`` inside a disk, or beyond a wall.
+  * ``agent.keepout`` = 0.3 (> the hazard radius) with a correspondingly widened ``agent.placements``,
+    so the start is drawn >= 0.3 away from every hazard centre and from the circle centre.
+``sg-point-button`` (``button/button_level0.py: ButtonLevel0`` + what ``ButtonLevel1`` adds)
+  * r_s -> ``task.placements_conf.extents = [-r_s, -r_s, r_s, r_s]`` (the level sets +-1);
+  * n_b -> ``task.buttons.num``; ``buttons.is_constrained = True`` (touching a wrong button costs);
+  * n_h -> ``_add_geoms(Hazards(num=n_h, keepout=0.18))`` (as ``ButtonLevel1``); ``n_gremlins`` > 0
+    adds ``Gremlins(num, travel=0.35, keepout=0.4)`` (``ButtonLevel1`` has 4; default 0 here, as the
+    task distribution names buttons and hazards only);
+  * layout_seed -> buttons and hazards are pinned (``locations``) to one layout drawn with
+    safety-gymnasium's own sampler (``utils/random_generator.py: RandomGenerator.build_layout``,
+    same keepouts and extents) seeded by layout_seed; the start and the goal button vary per episode.
+``sg-point-goal`` (``goal/goal_level1.py: GoalLevel1`` / ``goal/goal_level2.py: GoalLevel2``)
+  * level 1 -> ``hazards.num = 10`` (the level has 8), 1 vase, extents +-1.5; level 2 -> 10 hazards,
+    10 vases, extents +-2 (the level's own). Obstacles are safety-gymnasium **vases**
+    (``assets/free_geoms/vases.py``), constrained at both levels (contact and velocity costs);
+    ``GoalLevel1`` leaves its vase unconstrained, here an obstacle always costs.
+  * layout_seed -> the whole layout is pinned: start (``agent.locations``), start heading
+    (``agent.rot``), goal, hazards and vases (``locations``), from the first layout drawn by
+    ``RandomGenerator`` (seeded by layout_seed) whose goal lies ``goal_distance`` away from the
+    start and inside the ``goal_arc_deg`` (140) degree arc seen from the start, i.e. at a bearing
+    within +-70 degrees of the start heading. Train seeds come from [0, 10^6), test from
+    [10^6, 2*10^6). ``mechanism_conf.continue_goal = False``: reaching the goal ends the episode
+    (terminated) instead of drawing a new goal, which would leave the task's layout.
+
+Reset speed: ``World.build`` adds a skybox texture (six 3-5 MB PNGs) to the MJCF, and decoding it
+took ~0.6 s of every reset here (the XML is recompiled at each reset, as the layout changes).
+`_LeanWorld` drops that texture before compilation (rendering is never used), which brings a reset
+to 15-35 ms. Underlying._build creates a plain ``World`` on the first reset only when ``task.world`` is
+None; `_TaskBuilder` gives the task a `_LeanWorld` first, and the first reset then goes through
+``World.rebuild(config)``, the same parse + build.
+
+Observations (vs the batched families)
+--------------------------------------
+safety-gymnasium's flattened observation: the robot's sensors (Point: accelerometer, velocimeter,
+gyro, magnetometer = 12; Car adds the rear ball's angular velocity (3) and orientation matrix (9) = 24)
+followed by one 16-bin pseudo-lidar per observed object type, in the order the objects were added:
+circle tasks: circle centre (max distance 6) [+ hazards]; button: buttons, goal button, hazards
+[+ gremlins]; goal: goal, hazards, vases (max distance 3). The walls are *not* observed (no wall lidar,
+unlike the batched circle families), the proprioception is raw MuJoCo sensor data instead of the batched
+families' normalised velocity/heading features, and nothing in it names the task: r_c, s, n_h, the
+layout are inferred from experience, as meta-RL intends. obs_dim: sg-point-circle 28,
+sg-car-circle-hazard 56, sg-point-button 60 (+16 with gremlins), sg-point-goal 60.
+
+Cost limits (d, expected episode cost; every step's cost is the 0/1 indicator of any violation):
+sg-point-circle 25 (as ``point-circle``), sg-car-circle-hazard 10 in training and 5 at test (Meta-CPO),
+sg-point-button 25 (Safety-Gym's usual d for 1000-step episodes, as ``point-button``), sg-point-goal
+0.75 at level 1 and 5 at level 2 (C-MAML) unless ``cost_limit`` is set.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from safemeta.config.schema import spec
+from safemeta.errors import UserError
+from safemeta.registry import register_env
+from safemeta.task import IntRange, Range, Task, TaskFamily, draw
+from safemeta.vec_cmdp import VecCMDP
+
+_SG: SimpleNamespace | None = None
+
+
+def _sg() -> SimpleNamespace:
+    """safety-gymnasium's classes (imported on first use) and the two adapter classes built on them."""
+    global _SG
+    if _SG is not None:
+        return _SG
+    from safemeta.compat.safety_gym import import_safety_gymnasium
+
+    import_safety_gymnasium()  # the 3.11 dataclass workaround; the submodules below are then cached
+    import xmltodict
+    from safety_gymnasium import tasks
+    from safety_gymnasium.assets.free_geoms import Vases
+    from safety_gymnasium.assets.geoms import Hazards, Sigwalls
+    from safety_gymnasium.assets.mocaps import Gremlins
+    from safety_gymnasium.builder import Builder
+    from safety_gymnasium.utils.random_generator import RandomGenerator
+    from safety_gymnasium.world import World
+
+    class _LeanWorld(World):
+        """``World`` that compiles its MJCF without the skybox texture (see the module docstring).
+
+        ``World.build`` assembles ``self.xml``, sets ``self.xml_string = xmltodict.unparse(self.xml)``
+        and compiles ``self.xml_string``; the setter below drops skybox textures from ``self.xml`` at
+        that point and stores the re-serialised XML instead.
+        """
+
+        @property
+        def xml_string(self) -> str | None:
+            return self._lean_xml
+
+        @xml_string.setter
+        def xml_string(self, value: str | None) -> None:
+            asset = (self.xml or {}).get("mujoco", {}).get("asset") if value is not None else None
+            textures = asset.get("texture") if isinstance(asset, dict) else None
+            if isinstance(textures, dict):
+                textures = [textures]
+            if textures is not None:
+                kept = [t for t in textures if not (isinstance(t, dict) and t.get("@type") == "skybox")]
+                if len(kept) != len(textures):
+                    asset["texture"] = kept
+                    value = xmltodict.unparse(self.xml)
+            self._lean_xml = value
+
+    class _TaskBuilder(Builder):
+        """A ``Builder`` whose task is ``base_cls`` with a family's parameters applied by ``configure``
+        right after the level's ``__init__``: before the observation space, the placements, the layout
+        and the MuJoCo world exist."""
+
+        def __init__(self, base_cls: type, configure: Callable[[Any], None], agent: str, horizon: int,
+                     seed: int):
+            self._base_cls, self._configure, self._horizon = base_cls, configure, horizon
+            self._default_seed = seed
+            super().__init__(task_id=f"safemeta-{base_cls.__name__}", config={"agent_name": agent})
+
+        def _get_task(self):
+            task = self._base_cls(config=self.config)
+            self._configure(task)
+            task.num_steps = self._horizon  # the level's own value (CircleLevel0: 500) would end episodes
+            task.world = _LeanWorld(task.agent, task._obstacles)
+            task.build_observation_space()
+            return task
+
+        def set_seed(self, seed: int | None = None) -> None:
+            # Builder draws an unseeded seed from numpy's global RNG when none is given; use ours
+            super().set_seed(self._default_seed if seed is None else seed)
+
+    _SG = SimpleNamespace(tasks=tasks, Hazards=Hazards, Sigwalls=Sigwalls, Gremlins=Gremlins, Vases=Vases,
+                          RandomGenerator=RandomGenerator, TaskBuilder=_TaskBuilder, LeanWorld=_LeanWorld)
+    return _SG
+
+
+def env_seed(seed: int, index: int) -> int:
+    """The seed of env ``index`` for a batch seeded with ``seed`` (a 32-bit value, as RandomState needs)."""
+    return int(np.random.SeedSequence([int(seed) % 2**64, int(index)]).generate_state(1)[0])
+
+
+class SafetyGymVecCMDP(VecCMDP):
+    """``VecCMDP`` over a list of safety-gymnasium envs, stepped one after another.
+
+    Actions are made finite and clipped to the env's action box; an env that terminates (goal reached
+    where that ends the episode) or reaches ``horizon`` steps is reset at once, and ``info["final_obs"]``
+    holds its last observation. ``reset(seed)`` reseeds env i with `env_seed` (seed, i); an unseeded
+    first reset uses the ``seed`` given to the constructor; later resets continue each env's stream.
+    The envs live in this process (they do not pickle: their classes are defined on first use).
+    """
+
+    def __init__(self, envs: list, n_tasks: int, envs_per_task: int, horizon: int, device: str = "cpu",
+                 seed: int = 0):
+        if len(envs) != n_tasks * envs_per_task:
+            raise ValueError(f"expected {n_tasks * envs_per_task} envs, got {len(envs)}")
+        self.envs = envs
+        self.n_tasks, self.envs_per_task, self.horizon = n_tasks, envs_per_task, int(horizon)
+        self.device = torch.device(device)
+        dims = {int(np.prod(e.observation_space.shape)) for e in envs}
+        if len(dims) != 1:
+            raise ValueError(f"the envs disagree on the observation size: {sorted(dims)}")
+        self.obs_dim = dims.pop()
+        space = envs[0].action_space
+        self.act_dim = int(np.prod(space.shape))
+        self.act_low = np.asarray(space.low, dtype=np.float64).reshape(-1)
+        self.act_high = np.asarray(space.high, dtype=np.float64).reshape(-1)
+        self.seed = int(seed)
+        self.t = np.zeros(len(envs), dtype=np.int64)
+        self._started = False
+
+    def _obs_tensor(self, rows: list[np.ndarray]) -> Tensor:
+        return torch.as_tensor(np.stack(rows), dtype=torch.float32).to(self.device)
+
+    def reset(self, seed: int | None = None) -> Tensor:
+        if seed is None and not self._started:
+            seed = self.seed
+        rows = []
+        for i, env in enumerate(self.envs):
+            obs, _ = env.reset(seed=None if seed is None else env_seed(seed, i))
+            rows.append(obs)
+        self.t[:] = 0
+        self._started = True
+        return self._obs_tensor(rows)
+
+    def step(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict]:
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        a = torch.as_tensor(act).detach().to("cpu", torch.float64).numpy().reshape(len(self.envs), self.act_dim)
+        a = np.clip(np.nan_to_num(a, nan=0.0), self.act_low, self.act_high)
+        n = len(self.envs)
+        rew, cost = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64)
+        term, trunc = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        final, nxt = [], []
+        for i, env in enumerate(self.envs):
+            obs, r, c, terminated, _, _ = env.step(a[i])
+            self.t[i] += 1
+            rew[i], cost[i], term[i] = r, c, terminated
+            trunc[i] = (not terminated) and self.t[i] >= self.horizon
+            final.append(obs)
+            if term[i] or trunc[i]:
+                obs, _ = env.reset()
+                self.t[i] = 0
+            nxt.append(obs)
+        to = lambda x, dt: torch.as_tensor(x, dtype=dt).to(self.device)  # noqa: E731
+        return (self._obs_tensor(nxt), to(rew, torch.float32), to(cost, torch.float32), to(term, torch.bool),
+                to(trunc, torch.bool), {"final_obs": self._obs_tensor(final)})
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+# -- shared helpers ---------------------------------------------------------------------------------------
+
+def _pin_layout(task: Any, layout_seed: int, names: tuple[str, ...],
+                accept: Callable[[dict, float], bool] | None = None, tries: int = 10_000) -> tuple[dict, float]:
+    """Draw one layout with safety-gymnasium's sampler (the task's extents, keepouts and placements)
+    seeded by ``layout_seed``, and fix the objects ``names`` to it through their ``locations``.
+
+    ``accept(layout, heading)`` may reject a draw (the next one is taken). The placements dict is
+    cleared afterwards, so the first reset rebuilds it from the pinned locations.
+    """
+    sg = _sg()
+    task._build_placements_dict()
+    pc = task.placements_conf
+    rng = sg.RandomGenerator()
+    rng.set_placements_info(pc.placements, pc.extents, pc.margin)
+    rng.set_random_seed(int(layout_seed))
+    for _ in range(tries):
+        layout = {k: np.asarray(v, dtype=np.float64).copy() for k, v in rng.build_layout().items()}
+        heading = float(rng.random_rot())
+        if accept is None or accept(layout, heading):
+            break
+    else:
+        raise RuntimeError(f"no acceptable layout in {tries} draws for layout seed {layout_seed}")
+    for name in names:
+        obj = task.agent if name == "agent" else getattr(task, name)
+        if hasattr(obj, "num"):
+            obj.locations = [layout[f"{name[:-1]}{i}"] for i in range(obj.num)]
+        else:
+            obj.locations = [layout[name]]
+    pc.placements = None
+    return layout, heading
+
+
+def _circle_walls(task: Any, r_c: float, wall: float, agent_keepout: float) -> None:
+    """Circle radius r_c, walls at x = +-wall, and a start box that stays inside the walls."""
+    sg = _sg()
+    task.circle.radius = float(r_c)
+    task._add_geoms(sg.Sigwalls(num=2, locate_factor=float(wall), is_constrained=True))
+    half_x = min(0.8, wall - 0.1)
+    k = agent_keepout  # RandomGenerator shrinks a placement box by the keepout: widen it by as much
+    task.agent.keepout = k
+    task.agent.placements = [(-half_x - k, -0.8 - k, half_x + k, 0.8 + k)]
+
+
+class _SafetyGymFamily(TaskFamily):
+    """Shared ``make``: one `_TaskBuilder` per env, configured by ``configure(task_obj, task.params)``."""
+
+    agent: str  # safety-gymnasium robot name
+
+    @property
+    def horizon(self) -> int:
+        return int(self.cfg.horizon)
+
+    def _base_name(self) -> str:
+        raise NotImplementedError
+
+    def _configure(self, task: Any, params: dict) -> None:
+        raise NotImplementedError
+
+    def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> SafetyGymVecCMDP:
+        sg = _sg()
+        base_cls = getattr(sg.tasks, self._base_name())
+        envs = []
+        for k, task in enumerate(tasks):
+            for j in range(envs_per_task):
+                i = k * envs_per_task + j
+                envs.append(sg.TaskBuilder(base_cls, lambda obj, p=task.params: self._configure(obj, p), self.agent,
+                                           self.horizon, env_seed(seed, i)))
+        return SafetyGymVecCMDP(envs, len(tasks), envs_per_task, self.horizon, device, seed)
+
+
+# -- sg-point-circle ----------------------------------------------------------------------------------------
+
+@dataclass
+class SGPointCircleSplit:
+    r_c: Range = spec((1.0, 1.5), gt=0, doc="circle radius")
+    s: Range = spec((0.65, 0.75), gt=0, doc="walls at x = +-s r_c")
+
+
+@dataclass
+class SGPointCircleConfig:
+    horizon: int = spec(500, ge=1)
+    cost_limit: float = spec(25.0, ge=0, doc="d, expected steps beyond the walls per episode")
+    train: SGPointCircleSplit = field(default_factory=SGPointCircleSplit)
+    test: SGPointCircleSplit = field(default_factory=lambda: SGPointCircleSplit((2.0, 2.5), (0.55, 0.65)))
+
+
+@register_env("sg-point-circle", "Safety-Gymnasium Point circle: radius r_c, walls at +-s r_c (MuJoCo)")
+class SGPointCircle(_SafetyGymFamily):
+    name = "sg-point-circle"
+    Config = SGPointCircleConfig
+    agent = "Point"
+
+    def sample_params(self, split: str, rng: np.random.Generator) -> dict:
+        ranges = getattr(self.cfg, split)
+        return {"r_c": draw(rng, ranges.r_c), "s": draw(rng, ranges.s)}
+
+    def _base_name(self) -> str:
+        return "CircleLevel1"
+
+    def _configure(self, task: Any, params: dict) -> None:
+        _circle_walls(task, params["r_c"], params["s"] * params["r_c"], agent_keepout=0.0)
+
+
+# -- sg-car-circle-hazard -----------------------------------------------------------------------------------
+
+@dataclass
+class SGCarCircleHazardSplit:
+    r_c: Range = spec((0.7, 1.0), gt=0, doc="circle radius")
+    n_h: IntRange = spec((3, 7), ge=1, doc="number of hazards")
+
+
+@dataclass
+class SGCarCircleHazardConfig:
+    horizon: int = spec(500, ge=1)
+    cost_limit: float = spec(10.0, ge=0, doc="d during meta-training")
+    test_cost_limit: float = spec(5.0, ge=0, doc="d at meta-test (Meta-CPO tightens it)")
+    wall_fraction: float = spec(0.8, gt=0, doc="walls at x = +-wall_fraction * r_c")
+    hazard_size: float = spec(0.2, gt=0, lt=0.3, doc="hazard radius (safety-gymnasium's default 0.2)")
+    train: SGCarCircleHazardSplit = field(default_factory=SGCarCircleHazardSplit)
+    test: SGCarCircleHazardSplit = field(default_factory=lambda: SGCarCircleHazardSplit((1.2, 1.5), (7, 12)))
+
+
+@register_env("sg-car-circle-hazard", "Safety-Gymnasium Car circle between walls among n_h hazards (MuJoCo)")
+class SGCarCircleHazard(_SafetyGymFamily):
+    name = "sg-car-circle-hazard"
+    Config = SGCarCircleHazardConfig
+    agent = "Car"
+
+    def cost_limit_for(self, split: str) -> float:
+        return float(self.cfg.test_cost_limit if split == "test" else self.cfg.cost_limit)
+
+    def sample_params(self, split: str, rng: np.random.Generator) -> dict:
+        ranges = getattr(self.cfg, split)
+        return {"r_c": draw(rng, ranges.r_c), "n_h": draw(rng, ranges.n_h, integer=True),
+                "layout_seed": int(rng.integers(2**31))}
+
+    def hazard_centres(self, params: dict) -> np.ndarray:
+        """n_h centres on the annulus [0.7 r_c, 1.3 r_c], drawn from the layout seed, kept >= 1.5 hazard
+        radii apart (the spacing shrinks if a draw cannot fit them all)."""
+        rng = np.random.default_rng(params["layout_seed"])
+        r_c, n = params["r_c"], params["n_h"]
+        gap = 1.5 * self.cfg.hazard_size
+        out: list[np.ndarray] = []
+        misses = 0
+        while len(out) < n:
+            angle, radius = rng.uniform(0.0, 2 * math.pi), rng.uniform(0.7 * r_c, 1.3 * r_c)
+            p = radius * np.array([math.cos(angle), math.sin(angle)])
+            if all(np.linalg.norm(p - q) >= gap for q in out):
+                out.append(p)
+            else:
+                misses += 1
+                if misses % 1000 == 0:
+                    gap *= 0.8
+        return np.array(out).reshape(n, 2)
+
+    def _base_name(self) -> str:
+        return "CircleLevel1"
+
+    def _configure(self, task: Any, params: dict) -> None:
+        r_c = params["r_c"]
+        _circle_walls(task, r_c, self.cfg.wall_fraction * r_c, agent_keepout=0.3)
+        centres = self.hazard_centres(params)
+        task._add_geoms(_sg().Hazards(num=len(centres), size=self.cfg.hazard_size, keepout=0.0,
+                                      locations=[c for c in centres]))
+
+
+# -- sg-point-button ----------------------------------------------------------------------------------------
+
+@dataclass
+class SGPointButtonSplit:
+    n_b: IntRange = spec((3, 6), ge=2, doc="number of buttons")
+    n_h: IntRange = spec((3, 6), ge=1, doc="number of hazards")
+    r_s: Range = spec((1.75, 2.0), gt=0, le=3.4, doc="spawn range: placement extents [-r_s, r_s]^2")
+
+
+@dataclass
+class SGPointButtonConfig:
+    horizon: int = spec(1000, ge=1)
+    cost_limit: float = spec(25.0, ge=0)
+    n_gremlins: int = spec(0, ge=0, doc="moving gremlins (safety-gymnasium's Button1 has 4)")
+    train: SGPointButtonSplit = field(default_factory=SGPointButtonSplit)
+    test: SGPointButtonSplit = field(default_factory=lambda: SGPointButtonSplit((6, 10), (6, 10), (2.5, 3.0)))
+
+
+@register_env("sg-point-button", "Safety-Gymnasium Point button: n_b buttons, n_h hazards in [-r_s, r_s]^2 (MuJoCo)")
+class SGPointButton(_SafetyGymFamily):
+    name = "sg-point-button"
+    Config = SGPointButtonConfig
+    agent = "Point"
+
+    def sample_params(self, split: str, rng: np.random.Generator) -> dict:
+        ranges = getattr(self.cfg, split)
+        return {"n_b": draw(rng, ranges.n_b, integer=True), "n_h": draw(rng, ranges.n_h, integer=True),
+                "r_s": draw(rng, ranges.r_s), "layout_seed": int(rng.integers(2**31))}
+
+    def _base_name(self) -> str:
+        return "ButtonLevel0"
+
+    def _configure(self, task: Any, params: dict) -> None:
+        sg = _sg()
+        r_s = float(params["r_s"])
+        task.placements_conf.extents = [-r_s, -r_s, r_s, r_s]
+        task.buttons.num = int(params["n_b"])
+        task.buttons.is_constrained = True
+        task._add_geoms(sg.Hazards(num=int(params["n_h"]), keepout=0.18))
+        if self.cfg.n_gremlins:
+            task._add_mocaps(sg.Gremlins(num=self.cfg.n_gremlins, travel=0.35, keepout=0.4))
+        _pin_layout(task, params["layout_seed"], ("buttons", "hazards"))
+
+
+# -- sg-point-goal ------------------------------------------------------------------------------------------
+
+GOAL_LEVEL_DEFAULT_COST_LIMIT = {1: 0.75, 2: 5.0}
+
+
+@dataclass
+class SGPointGoalSplit:
+    layout_seed: IntRange = spec((0, 999_999), ge=0, doc="seed of the task's layout")
+
+
+@dataclass
+class SGPointGoalConfig:
+    level: Literal[1, 2] = 2
+    horizon: int = spec(1000, ge=1)
+    cost_limit: float | None = spec(None, ge=0, doc="d; unset: 0.75 at level 1, 5 at level 2 (C-MAML)")
+    goal_arc_deg: float = spec(140.0, gt=0, le=360, doc="the goal lies within this arc seen from the start")
+    goal_distance: Range = spec((1.5, 2.5), ge=0, doc="start-goal distance")
+    train: SGPointGoalSplit = field(default_factory=SGPointGoalSplit)
+    test: SGPointGoalSplit = field(default_factory=lambda: SGPointGoalSplit((1_000_000, 1_999_999)))
+
+
+@register_env("sg-point-goal", "Safety-Gymnasium Point goal, level 1 or 2, one fixed layout per task (MuJoCo)")
+class SGPointGoal(_SafetyGymFamily):
+    name = "sg-point-goal"
+    Config = SGPointGoalConfig
+    agent = "Point"
+
+    def __init__(self, cfg: Any):
+        super().__init__(cfg)
+        (a, b), (c, d) = cfg.train.layout_seed, cfg.test.layout_seed
+        if a <= d and c <= b:
+            raise UserError(f"sg-point-goal: the train layout seeds [{a}, {b}] and the test layout seeds "
+                            f"[{c}, {d}] overlap; give them disjoint ranges.")
+
+    @property
+    def cost_limit(self) -> float:
+        if self.cfg.cost_limit is not None:
+            return float(self.cfg.cost_limit)
+        return GOAL_LEVEL_DEFAULT_COST_LIMIT[int(self.cfg.level)]
+
+    def sample_params(self, split: str, rng: np.random.Generator) -> dict:
+        return {"level": int(self.cfg.level),
+                "layout_seed": draw(rng, getattr(self.cfg, split).layout_seed, integer=True)}
+
+    def _base_name(self) -> str:
+        return f"GoalLevel{int(self.cfg.level)}"
+
+    def accepts(self, start: np.ndarray, heading: float, goal: np.ndarray) -> bool:
+        """Whether ``goal`` is at the configured distance and inside the arc seen from (start, heading)."""
+        d = np.asarray(goal, dtype=np.float64)[:2] - np.asarray(start, dtype=np.float64)[:2]
+        lo, hi = self.cfg.goal_distance
+        bearing = math.atan2(d[1], d[0]) - heading
+        bearing = (bearing + math.pi) % (2 * math.pi) - math.pi
+        return lo <= float(np.hypot(*d)) <= hi and abs(bearing) <= math.radians(self.cfg.goal_arc_deg) / 2
+
+    def _configure(self, task: Any, params: dict) -> None:
+        if int(params["level"]) != int(self.cfg.level):
+            raise UserError(f"sg-point-goal: a level-{params['level']} task given to a level-{self.cfg.level} family.")
+        task.hazards.num = 10
+        task.vases.is_constrained = True
+        task.mechanism_conf.continue_goal = False
+        _, heading = _pin_layout(task, params["layout_seed"], ("agent", "goal", "hazards", "vases"),
+                                 accept=lambda lay, h: self.accepts(lay["agent"], h, lay["goal"]))
+        task.agent.rot = heading

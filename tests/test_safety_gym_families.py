@@ -1,0 +1,305 @@
+"""Safety-Gymnasium task families (envs/safety_gym_families.py).
+
+Tests that build MuJoCo envs are marked ``safety_gym``; the split/config tests run without MuJoCo.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import safemeta
+from safemeta.envs import safety_gym_families as sgf
+from safemeta.errors import UserError
+from safemeta.task import Task
+
+FAMILIES = {"sg-point-circle": (sgf.SGPointCircle, 28), "sg-car-circle-hazard": (sgf.SGCarCircleHazard, 56),
+            "sg-point-button": (sgf.SGPointButton, 60), "sg-point-goal": (sgf.SGPointGoal, 60)}
+
+
+def _family(cls, **kw):
+    return cls(cls.Config(**kw))
+
+
+def _task(name: str, **params) -> Task:
+    return Task(name, "train", 0, params)
+
+
+def _geoms(env, prefix: str) -> list[str]:
+    m = env.task.model
+    return [m.geom(i).name for i in range(m.ngeom) if m.geom(i).name.rstrip("0123456789") == prefix]
+
+
+def _place_point(env, xy) -> None:
+    """Put the Point robot at world ``xy`` at rest (its slide joints move in the start frame)."""
+    import mujoco
+
+    m, d = env.task.model, env.task.data
+    q = m.body("agent").quat
+    theta = 2 * math.atan2(q[3], q[0])
+    off = np.asarray(xy, dtype=np.float64) - m.body("agent").pos[:2]
+    c, s = math.cos(theta), math.sin(theta)
+    d.qpos[m.joint("x").qposadr[0]] = c * off[0] + s * off[1]
+    d.qpos[m.joint("y").qposadr[0]] = -s * off[0] + c * off[1]
+    d.qvel[:] = 0
+    mujoco.mj_forward(m, d)
+    np.testing.assert_allclose(env.task.agent.pos[:2], xy, atol=1e-9)
+
+
+# -- without MuJoCo ---------------------------------------------------------------------------------------
+
+def test_importing_the_module_does_not_load_mujoco():
+    code = ("import sys, safemeta.envs.safety_gym_families; "
+            "bad = [m for m in ('mujoco', 'safety_gymnasium') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_split_draws_lie_in_their_ranges(name):
+    cls, _ = FAMILIES[name]
+    fam = _family(cls)
+    for split in ("train", "test"):
+        ranges = getattr(fam.cfg, split)
+        tasks = fam.sample(100, split, np.random.default_rng(3))
+        for t in tasks:
+            for key, (lo, hi) in vars(ranges).items():
+                v = t.params[key]
+                assert lo <= v <= hi, (split, key, v)
+                if isinstance(lo, int):
+                    assert isinstance(v, int)
+        assert fam.sample(5, split, np.random.default_rng(7)) == fam.sample(5, split, np.random.default_rng(7))
+
+
+def test_split_ranges_of_the_papers_and_cost_limits():
+    circle = _family(sgf.SGPointCircle)
+    assert (circle.cfg.train.r_c, circle.cfg.train.s) == ((1.0, 1.5), (0.65, 0.75))
+    assert (circle.cfg.test.r_c, circle.cfg.test.s) == ((2.0, 2.5), (0.55, 0.65))
+    assert circle.horizon == 500
+    car = _family(sgf.SGCarCircleHazard)
+    assert (car.cfg.train.n_h, car.cfg.test.n_h) == ((3, 7), (7, 12))
+    assert (car.cost_limit_for("train"), car.cost_limit_for("test")) == (10.0, 5.0)
+    button = _family(sgf.SGPointButton)
+    assert (button.cfg.test.n_b, button.cfg.test.n_h, button.cfg.test.r_s) == ((6, 10), (6, 10), (2.5, 3.0))
+    assert button.horizon == 1000
+    assert _family(sgf.SGPointGoal, level=1).cost_limit == 0.75
+    assert _family(sgf.SGPointGoal, level=2).cost_limit_for("test") == 5.0
+    assert _family(sgf.SGPointGoal, level=1, cost_limit=2.0).cost_limit == 2.0
+
+
+def test_goal_layout_seeds_are_disjoint_between_splits():
+    fam = _family(sgf.SGPointGoal)
+    train = {t.params["layout_seed"] for t in fam.sample(500, "train", np.random.default_rng(0))}
+    test = {t.params["layout_seed"] for t in fam.sample(500, "test", np.random.default_rng(0))}
+    assert max(train) < 1_000_000 <= min(test) and not train & test
+    with pytest.raises(UserError, match="overlap"):
+        _family(sgf.SGPointGoal, train=sgf.SGPointGoalSplit((0, 10)), test=sgf.SGPointGoalSplit((5, 20)))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_env_overlays_and_config_validate_through_the_loader(name):
+    cfg = safemeta.resolve_config([("t", {"env": name})])  # defaults + preset + configs/envs/<name>.yaml
+    assert cfg.env_params == FAMILIES[name][0].Config()
+    assert cfg.trainer.envs_per_task == 2
+
+
+def test_goal_config_level_and_optional_cost_limit():
+    cfg = safemeta.resolve_config([("t", {"env": "sg-point-goal", "env_cfg": {"sg-point-goal": {"level": 1}}})])
+    assert cfg.env_params.level == 1 and cfg.env_params.cost_limit is None
+    with pytest.raises(UserError):
+        safemeta.resolve_config([("t", {"env": "sg-point-goal", "env_cfg": {"sg-point-goal": {"level": 3}}})])
+
+
+# -- with MuJoCo ------------------------------------------------------------------------------------------
+
+@pytest.mark.safety_gym
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_make_reset_step_shapes_and_values(name):
+    cls, obs_dim = FAMILIES[name]
+    fam = _family(cls)
+    venv = fam.make(fam.sample(2, "train", np.random.default_rng(0)), 2, seed=0)
+    assert (venv.num_envs, venv.obs_dim, venv.act_dim, venv.horizon) == (4, obs_dim, 2, fam.horizon)
+    obs = venv.reset(seed=0)
+    assert obs.shape == (4, obs_dim) and obs.dtype == torch.float32
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        obs, rew, cost, term, trunc, info = venv.step(3 * torch.randn(4, 2, generator=gen))  # clipped to [-1, 1]
+        assert obs.shape == info["final_obs"].shape == (4, obs_dim)
+        assert rew.shape == cost.shape == term.shape == trunc.shape == (4,)
+        assert obs.dtype == rew.dtype == cost.dtype == torch.float32 and term.dtype == trunc.dtype == torch.bool
+        assert torch.isfinite(obs).all() and torch.isfinite(rew).all() and (cost >= 0).all()
+    model = venv.envs[0].task.model
+    assert model.ntex == 1  # the skybox is not compiled (_LeanWorld): only the floor's checker texture
+
+
+@pytest.mark.safety_gym
+def test_circle_radius_and_walls_reach_the_simulator():
+    fam = _family(sgf.SGPointCircle)
+    params = [{"r_c": 1.0, "s": 0.7}, {"r_c": 2.5, "s": 0.6}]
+    venv = fam.make([_task(fam.name, **p) for p in params], 1, seed=0)
+    venv.reset(seed=1)
+    for env, p in zip(venv.envs, params):
+        wall = p["s"] * p["r_c"]
+        assert env.task.circle.radius == p["r_c"]
+        assert env.task.model.geom("circle").size[0] == pytest.approx(p["r_c"])
+        assert sorted(env.task.model.body(n).pos[0] for n in _geoms(env, "sigwall")) == pytest.approx([-wall, wall])
+        assert abs(env.task.agent.pos[0]) < wall  # the start box stays inside the walls
+    # reward: 0.1 * tangential speed / (1 + |r - r_c|) with each task's own r_c
+    rewards = []
+    for _ in range(3):
+        _, rew, *_ = venv.step(torch.tensor([[1.0, 0.5], [1.0, 0.5]]))
+        for i, (env, p) in enumerate(zip(venv.envs, params)):
+            (x, y, _), (u, v, _) = env.task.agent.pos, env.task.agent.vel
+            r = math.hypot(x, y)
+            expected = 0.1 * ((-u * y + v * x) / r) / (1 + abs(r - p["r_c"]))
+            assert float(rew[i]) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+        rewards.append(rew)
+    # cost: 1 exactly beyond the task's wall
+    for inside, expected in ((True, 0.0), (False, 1.0)):
+        for env, p in zip(venv.envs, params):
+            wall = p["s"] * p["r_c"]
+            _place_point(env, (wall - 0.1 if inside else wall + 0.1, 0.3))
+        _, _, cost, *_ = venv.step(torch.zeros(2, 2))
+        assert cost.tolist() == [expected, expected]
+
+
+@pytest.mark.safety_gym
+def test_car_circle_hazards_exist_are_pinned_and_cost():
+    fam = _family(sgf.SGCarCircleHazard)
+    tasks = [_task(fam.name, r_c=0.8, n_h=3, layout_seed=1), _task(fam.name, r_c=1.4, n_h=11, layout_seed=2)]
+    venv = fam.make(tasks, 1, seed=0)
+    venv.reset(seed=0)
+    for env, t in zip(venv.envs, tasks):
+        assert len(_geoms(env, "hazard")) == env.task.hazards.num == t.params["n_h"]
+        centres = fam.hazard_centres(t.params)
+        radii = np.linalg.norm(centres, axis=1)
+        assert ((radii >= 0.7 * t.params["r_c"] - 1e-9) & (radii <= 1.3 * t.params["r_c"] + 1e-9)).all()
+        np.testing.assert_allclose([p[:2] for p in env.task.hazards.pos], centres, atol=1e-6)
+        wall = fam.cfg.wall_fraction * t.params["r_c"]
+        assert sorted(env.task.model.body(n).pos[0] for n in _geoms(env, "sigwall")) == pytest.approx([-wall, wall])
+        assert env.task.model.geom("circle").size[0] == pytest.approx(t.params["r_c"])
+    venv.reset()  # a new episode keeps the task's hazards
+    for env, t in zip(venv.envs, tasks):
+        np.testing.assert_allclose([p[:2] for p in env.task.hazards.pos], fam.hazard_centres(t.params), atol=1e-6)
+    # the car's free joint: put it on hazard 0 (and inside the walls, which the annulus may not be)
+    import mujoco
+
+    env = venv.envs[1]
+    m, d = env.task.model, env.task.data
+    inside = [c for c in fam.hazard_centres(tasks[1].params) if abs(c[0]) < fam.cfg.wall_fraction * 1.4 - 0.1]
+    adr = m.joint("agent").qposadr[0]
+    d.qpos[adr:adr + 2] = inside[0]
+    mujoco.mj_forward(m, d)
+    assert env.task.calculate_cost()["cost_hazards"] > 0
+
+
+@pytest.mark.safety_gym
+def test_button_counts_extents_and_pinned_layout():
+    fam = _family(sgf.SGPointButton)
+    tasks = [_task(fam.name, n_b=3, n_h=6, r_s=1.8, layout_seed=5), _task(fam.name, n_b=9, n_h=7, r_s=2.9, layout_seed=6)]
+    venv = fam.make(tasks, 2, seed=0)
+    venv.reset(seed=0)
+    layouts = []
+    for k, t in enumerate(tasks):
+        p = t.params
+        env, twin = venv.envs[2 * k], venv.envs[2 * k + 1]
+        assert len(_geoms(env, "button")) == env.task.buttons.num == p["n_b"]
+        assert len(_geoms(env, "hazard")) == env.task.hazards.num == p["n_h"]
+        assert env.task.placements_conf.extents == [-p["r_s"], -p["r_s"], p["r_s"], p["r_s"]]
+        assert env.task.buttons.is_constrained
+        objects = np.array([q[:2] for q in env.task.buttons.pos + env.task.hazards.pos])
+        assert (np.abs(objects) <= p["r_s"]).all()
+        # both envs of a task share its layout; the robot's start differs
+        np.testing.assert_allclose([q[:2] for q in twin.task.buttons.pos + twin.task.hazards.pos], objects)
+        assert not np.allclose(env.task.agent.pos, twin.task.agent.pos)
+        layouts.append(objects)
+    venv.reset()
+    for k in range(2):
+        env = venv.envs[2 * k]
+        np.testing.assert_allclose([q[:2] for q in env.task.buttons.pos + env.task.hazards.pos], layouts[k])
+
+
+@pytest.mark.safety_gym
+def test_button_gremlins_are_optional():
+    fam = _family(sgf.SGPointButton, n_gremlins=2)
+    venv = fam.make([_task(fam.name, n_b=4, n_h=4, r_s=2.0, layout_seed=0)], 1, seed=0)
+    assert venv.obs_dim == 60 + 16  # a gremlin lidar
+    venv.reset(seed=0)
+    m = venv.envs[0].task.model
+    assert sum(m.geom(i).name.startswith("gremlin") and m.geom(i).name.endswith("obj") for i in range(m.ngeom)) == 2
+    obs, *_ = venv.step(torch.zeros(1, 2))
+    assert torch.isfinite(obs).all()
+
+
+@pytest.mark.safety_gym
+@pytest.mark.parametrize("level,vases", [(1, 1), (2, 10)])
+def test_goal_levels_and_the_fixed_layout_with_goal_in_the_arc(level, vases):
+    fam = _family(sgf.SGPointGoal, level=level)
+    tasks = fam.sample(2, "test", np.random.default_rng(level))
+    venv = fam.make(tasks, 1, seed=0)
+    venv.reset(seed=0)
+    starts = []
+    for env in venv.envs:
+        task = env.task
+        assert len(_geoms(env, "hazard")) == 10 and len(_geoms(env, "vase")) == vases
+        assert task.vases.is_constrained and not task.mechanism_conf.continue_goal
+        mat = task.agent.mat
+        heading = math.atan2(mat[1, 0], mat[0, 0])
+        assert fam.accepts(task.agent.pos, heading, task.goal.pos)
+        starts.append((task.agent.pos.copy(), task.goal.pos.copy(), heading))
+    assert not np.allclose(starts[0][0], starts[1][0])  # two seeds, two layouts
+    venv.reset()
+    for env, (start, goal, heading) in zip(venv.envs, starts):
+        np.testing.assert_allclose(env.task.agent.pos, start, atol=1e-6)
+        np.testing.assert_allclose(env.task.goal.pos, goal, atol=1e-6)
+    # reaching the goal terminates (not truncates) and auto-resets to the task's start
+    _place_point(venv.envs[0], starts[0][1][:2])
+    obs, rew, cost, term, trunc, info = venv.step(torch.zeros(2, 2))
+    assert term.tolist() == [True, False] and not trunc.any()
+    assert float(rew[0]) > 0.5  # the goal bonus
+    assert not torch.equal(info["final_obs"][0], obs[0])
+    np.testing.assert_allclose(venv.envs[0].task.agent.pos, starts[0][0], atol=1e-6)
+
+
+@pytest.mark.safety_gym
+def test_truncation_at_the_horizon_and_final_obs():
+    fam = _family(sgf.SGPointCircle, horizon=5)
+    venv = fam.make(fam.sample(2, "train", np.random.default_rng(0)), 2, seed=0)
+    obs0 = venv.reset(seed=3)
+    act = torch.tensor([[1.0, 0.3]]).repeat(4, 1)
+    for t in range(1, 11):
+        obs, rew, cost, term, trunc, info = venv.step(act)
+        assert not term.any()
+        if t % 5:
+            assert not trunc.any()
+            assert torch.equal(info["final_obs"], obs)
+        else:
+            assert trunc.all()
+            assert not torch.equal(info["final_obs"], obs)  # the last obs of the episode vs a fresh start
+            assert not torch.allclose(info["final_obs"], obs0)
+            assert [e.steps for e in venv.envs] == [0] * 4  # safety-gymnasium's own counters restarted too
+
+
+@pytest.mark.safety_gym
+def test_same_seed_same_trajectories():
+    fam = _family(sgf.SGPointButton)
+    tasks = fam.sample(2, "train", np.random.default_rng(1))
+    acts = torch.rand(12, 4, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def rollout(venv, seed):
+        out = [venv.reset(seed=seed)]
+        for a in acts:
+            obs, rew, cost, *_ = venv.step(a)
+            out += [obs, rew, cost]
+        return out
+
+    a, b = fam.make(tasks, 2, seed=4), fam.make(tasks, 2, seed=4)
+    first = rollout(a, 11)
+    for x, y in zip(first, rollout(b, 11)):
+        assert torch.equal(x, y)
+    for x, y in zip(first, rollout(a, 11)):  # reseeding the same envs replays the run
+        assert torch.equal(x, y)
+    assert not torch.equal(rollout(b, 12)[0], first[0])
