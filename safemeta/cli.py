@@ -109,12 +109,13 @@ def cmd_list(args: argparse.Namespace) -> None:
     from safemeta import registry
     from safemeta.task import split_ranges
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     kinds = [_LISTS[args.what]] if args.what else list(_LISTS.values())
     for kind in kinds:
         reg = getattr(registry, kind)
         table = Table(title=reg.kind, title_justify="left")
-        for col in ("name", "description", "from") + (("train", "test") if kind == "env" else ()):
+        table.add_column("name", no_wrap=True)
+        for col in ("description", "from") + (("train", "test") if kind == "env" else ()):
             table.add_column(col)
         for entry in reg.entries():
             row = [entry.name, entry.description, entry.source]

@@ -103,3 +103,23 @@ def test_wandb_logs_offline_without_login(tmp_path):
             os.environ["WANDB_API_KEY"] = env_backup
     assert r.returncode == 0, r.stderr
     assert list(tmp_path.glob("*/*/wandb/offline-run-*"))
+
+
+def test_env_settings_alias_and_range_errors(tmp_path):
+    cfg = safemeta.resolve_config([("--set", parse_set(["env=point-circle", "env.test.r_c=[2.0,3.0]"]))])
+    assert cfg.env == "point-circle" and cfg.env_params.test.r_c == (2.0, 3.0)
+    assert cfg.env_params.train.r_c == (1.0, 1.5)
+    with pytest.raises(UserError, match=r"range \[3.0, 2.0\] is empty"):
+        safemeta.resolve_config([("--set", parse_set(["env=point-circle", "env.test.r_c=[3.0,2.0]"]))])
+    with pytest.raises(UserError, match="Unknown config key 'env_cfg.point-circle.test.rc'.*Did you mean: r_c"):
+        safemeta.resolve_config([("--set", parse_set(["env=point-circle", "env.test.rc=[1,2]"]))])
+    msg = _err("train", "--env", "point-circle", "--set", "env.train.s=[0.5]", "--out", str(tmp_path))
+    assert "env_cfg.point-circle.train.s" in msg and "[low, high] pair" in msg
+
+
+def test_list_envs_shows_split_ranges():
+    r = run_cli("list", "envs")
+    assert r.returncode == 0
+    out = " ".join(r.stdout.split())
+    assert "point-circle" in out and "r_c in [1, 1.5]" in out and "r_c in [2, 2.5]" in out
+    assert "trpolag" not in out  # only the env registry

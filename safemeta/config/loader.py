@@ -52,6 +52,8 @@ def parse_set(items: list[str]) -> dict:
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
+            if isinstance(node.get(part), str):  # env=point-circle then env.test.r_c=..: a named section
+                node[part] = {"name": node[part]}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise UserError(f"--set sets '{key}' below a key that already has a value.")
