@@ -135,10 +135,10 @@ class CarCircleHazard(TaskFamily):
         return {"r_c": draw(rng, ranges.r_c), "n_h": draw(rng, ranges.n_h, integer=True),
                 "layout_seed": int(rng.integers(2**31))}
 
-    def hazards(self, task: Task) -> np.ndarray:
+    def hazards(self, params: dict) -> np.ndarray:
         """Hazard centres on the annulus [0.7 r_c, 1.3 r_c], at least 2.5 hazard radii apart."""
-        rng = np.random.default_rng(task.params["layout_seed"])
-        r_c, n = task.params["r_c"], task.params["n_h"]
+        rng = np.random.default_rng(params["layout_seed"])
+        r_c, n = params["r_c"], params["n_h"]
         out: list[np.ndarray] = []
         for _ in range(10000):
             if len(out) == n:
@@ -153,5 +153,5 @@ class CarCircleHazard(TaskFamily):
 
     def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> CircleEnv:
         r_c = torch.tensor([t.params["r_c"] for t in tasks])
-        return CircleEnv("car", r_c, self.cfg.wall_fraction * r_c, [self.hazards(t) for t in tasks],
+        return CircleEnv("car", r_c, self.cfg.wall_fraction * r_c, [self.hazards(t.params) for t in tasks],
                          self.cfg.hazard_radius, self.cfg.horizon, envs_per_task, device, seed)

@@ -21,10 +21,12 @@ from safemeta.config.schema import spec
 from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, Robot, inside_any, pad_objects, place_objects,
                                   point_lidar, push_out_of_disks)
 from safemeta.registry import register_env
-from safemeta.task import IntRange, Task, TaskFamily, draw
+from safemeta.errors import UserError
+from safemeta.task import IntRange, Range, Task, TaskFamily, draw
 from safemeta.vec_cmdp import BatchedCMDP
 
 OBSTACLES_PER_LEVEL = {1: 1, 2: 10}
+DEFAULT_COST_LIMIT = {1: 0.75, 2: 5.0}  # C-MAML's environments 1 and 2
 
 
 class GoalEnv(BatchedCMDP):
@@ -73,7 +75,9 @@ class PointGoalSplit:
 class PointGoalConfig:
     level: int = spec(2, ge=1, le=2, doc="1: 10 hazards + 1 obstacle; 2: 10 hazards + 10 obstacles")
     horizon: int = spec(1000, ge=1)
-    cost_limit: float = spec(5.0, ge=0, doc="d (C-MAML: 5 in environment 2, 0.75 in environment 1)")
+    cost_limit: float | None = spec(None, ge=0, doc="d; unset: 0.75 at level 1, 5 at level 2 (C-MAML)")
+    goal_arc_deg: float = spec(140.0, gt=0, le=360, doc="the goal lies within this arc seen from the start")
+    goal_distance: Range = spec((1.5, 2.5), ge=0, doc="start-goal distance")
     n_hazards: int = spec(10, ge=0)
     goal_radius: float = spec(0.3, gt=0)
     hazard_radius: float = spec(0.2, gt=0)
@@ -89,9 +93,20 @@ class PointGoal(TaskFamily):
     name = "point-goal"
     Config = PointGoalConfig
 
+    def __init__(self, cfg: PointGoalConfig):
+        super().__init__(cfg)
+        (a, b), (c, d) = cfg.train.layout_seed, cfg.test.layout_seed
+        if a <= d and c <= b:
+            raise UserError(f"{self.name}: the train layout seeds [{a}, {b}] and the test layout seeds [{c}, {d}] "
+                            "overlap; give them disjoint ranges.")
+
     @property
     def horizon(self) -> int:
         return self.cfg.horizon
+
+    @property
+    def cost_limit(self) -> float:
+        return float(self.cfg.cost_limit if self.cfg.cost_limit is not None else DEFAULT_COST_LIMIT[self.cfg.level])
 
     def sample_params(self, split: str, rng: np.random.Generator) -> dict:
         return {"level": self.cfg.level, "layout_seed": draw(rng, getattr(self.cfg, split).layout_seed, integer=True)}
@@ -100,8 +115,9 @@ class PointGoal(TaskFamily):
         rng = np.random.default_rng(task.params["layout_seed"])
         start = rng.uniform(-1.0, 1.0, size=2)
         heading = rng.uniform(-math.pi, math.pi)
-        bearing = heading + math.radians(rng.uniform(-70.0, 70.0))
-        goal = start + rng.uniform(1.5, 2.5) * np.array([math.cos(bearing), math.sin(bearing)])
+        half_arc = self.cfg.goal_arc_deg / 2
+        bearing = heading + math.radians(rng.uniform(-half_arc, half_arc))
+        goal = start + rng.uniform(*self.cfg.goal_distance) * np.array([math.cos(bearing), math.sin(bearing)])
         keep = [(start, 0.6), (goal, 0.5)]
         n_pillars = OBSTACLES_PER_LEVEL[task.params["level"]]
         objects = place_objects(rng, self.cfg.n_hazards + n_pillars, 3.0, 0.45, keepout=keep)

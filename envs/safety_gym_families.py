@@ -44,7 +44,7 @@ Per family (base class in ``safety_gymnasium/tasks/safe_navigation/``):
     episode never starts behind a wall (``Builder.reset`` asserts a zero starting cost).
 ``sg-car-circle-hazard`` (the same, agent ``Car``; walls at +-``wall_fraction`` * r_c)
   * safety-gymnasium's circle levels have no hazards; they are added with the library's own object
-    mechanism: ``_add_geoms(Hazards(num=n_h, size=hazard_size, keepout=0, locations=...))``
+    mechanism: ``_add_geoms(Hazards(num=n_h, size=hazard_radius, keepout=0, locations=...))``
     (``assets/geoms/hazards.py``). ``locations`` pins the n_h centres, drawn from the task's
     ``layout_seed`` on the annulus 0.7 r_c <= |p| <= 1.3 r_c (as in the batched family), so a task
     keeps its hazards across episodes. Cost: ``cost_hazards`` inside a disk, or beyond a wall.
@@ -101,16 +101,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from safemeta.config.schema import spec
+from safemeta.envs.button import PointButton, PointButtonConfig
+from safemeta.envs.circle import CarCircleHazard, CarCircleHazardConfig, PointCircle, PointCircleConfig
+from safemeta.envs.goal import PointGoal, PointGoalConfig
 from safemeta.errors import UserError
 from safemeta.registry import register_env
-from safemeta.task import IntRange, Range, Task, TaskFamily, draw
+from safemeta.task import Task, TaskFamily
 from safemeta.vec_cmdp import VecCMDP
 
 _SG: SimpleNamespace | None = None
@@ -333,31 +336,13 @@ class _SafetyGymFamily(TaskFamily):
         return SafetyGymVecCMDP(envs, len(tasks), envs_per_task, self.horizon, device, seed)
 
 
-# -- sg-point-circle ----------------------------------------------------------------------------------------
-
-@dataclass
-class SGPointCircleSplit:
-    r_c: Range = spec((1.0, 1.5), gt=0, doc="circle radius")
-    s: Range = spec((0.65, 0.75), gt=0, doc="walls at x = +-s r_c")
-
-
-@dataclass
-class SGPointCircleConfig:
-    horizon: int = spec(500, ge=1)
-    cost_limit: float = spec(25.0, ge=0, doc="d, expected steps beyond the walls per episode")
-    train: SGPointCircleSplit = field(default_factory=SGPointCircleSplit)
-    test: SGPointCircleSplit = field(default_factory=lambda: SGPointCircleSplit((2.0, 2.5), (0.55, 0.65)))
-
+# -- the families: each inherits its built-in twin's Config, task sampling and cost limits ------------------
 
 @register_env("sg-point-circle", "Safety-Gymnasium Point circle: radius r_c, walls at +-s r_c (MuJoCo)")
-class SGPointCircle(_SafetyGymFamily):
+class SGPointCircle(_SafetyGymFamily, PointCircle):
     name = "sg-point-circle"
-    Config = SGPointCircleConfig
+    Config = PointCircleConfig
     agent = "Point"
-
-    def sample_params(self, split: str, rng: np.random.Generator) -> dict:
-        ranges = getattr(self.cfg, split)
-        return {"r_c": draw(rng, ranges.r_c), "s": draw(rng, ranges.s)}
 
     def _base_name(self) -> str:
         return "CircleLevel1"
@@ -366,57 +351,16 @@ class SGPointCircle(_SafetyGymFamily):
         _circle_walls(task, params["r_c"], params["s"] * params["r_c"], agent_keepout=0.0)
 
 
-# -- sg-car-circle-hazard -----------------------------------------------------------------------------------
-
 @dataclass
-class SGCarCircleHazardSplit:
-    r_c: Range = spec((0.7, 1.0), gt=0, doc="circle radius")
-    n_h: IntRange = spec((3, 7), ge=1, doc="number of hazards")
-
-
-@dataclass
-class SGCarCircleHazardConfig:
-    horizon: int = spec(500, ge=1)
-    cost_limit: float = spec(10.0, ge=0, doc="d during meta-training")
-    test_cost_limit: float = spec(5.0, ge=0, doc="d at meta-test (Meta-CPO tightens it)")
-    wall_fraction: float = spec(0.8, gt=0, doc="walls at x = +-wall_fraction * r_c")
-    hazard_size: float = spec(0.2, gt=0, lt=0.3, doc="hazard radius (safety-gymnasium's default 0.2)")
-    train: SGCarCircleHazardSplit = field(default_factory=SGCarCircleHazardSplit)
-    test: SGCarCircleHazardSplit = field(default_factory=lambda: SGCarCircleHazardSplit((1.2, 1.5), (7, 12)))
+class SGCarCircleHazardConfig(CarCircleHazardConfig):
+    hazard_radius: float = spec(0.2, gt=0, lt=0.3, doc="hazard radius (safety-gymnasium's hazard size 0.2)")
 
 
 @register_env("sg-car-circle-hazard", "Safety-Gymnasium Car circle between walls among n_h hazards (MuJoCo)")
-class SGCarCircleHazard(_SafetyGymFamily):
+class SGCarCircleHazard(_SafetyGymFamily, CarCircleHazard):
     name = "sg-car-circle-hazard"
     Config = SGCarCircleHazardConfig
     agent = "Car"
-
-    def cost_limit_for(self, split: str) -> float:
-        return float(self.cfg.test_cost_limit if split == "test" else self.cfg.cost_limit)
-
-    def sample_params(self, split: str, rng: np.random.Generator) -> dict:
-        ranges = getattr(self.cfg, split)
-        return {"r_c": draw(rng, ranges.r_c), "n_h": draw(rng, ranges.n_h, integer=True),
-                "layout_seed": int(rng.integers(2**31))}
-
-    def hazard_centres(self, params: dict) -> np.ndarray:
-        """n_h centres on the annulus [0.7 r_c, 1.3 r_c], drawn from the layout seed, kept >= 1.5 hazard
-        radii apart (the spacing shrinks if a draw cannot fit them all)."""
-        rng = np.random.default_rng(params["layout_seed"])
-        r_c, n = params["r_c"], params["n_h"]
-        gap = 1.5 * self.cfg.hazard_size
-        out: list[np.ndarray] = []
-        misses = 0
-        while len(out) < n:
-            angle, radius = rng.uniform(0.0, 2 * math.pi), rng.uniform(0.7 * r_c, 1.3 * r_c)
-            p = radius * np.array([math.cos(angle), math.sin(angle)])
-            if all(np.linalg.norm(p - q) >= gap for q in out):
-                out.append(p)
-            else:
-                misses += 1
-                if misses % 1000 == 0:
-                    gap *= 0.8
-        return np.array(out).reshape(n, 2)
 
     def _base_name(self) -> str:
         return "CircleLevel1"
@@ -424,39 +368,21 @@ class SGCarCircleHazard(_SafetyGymFamily):
     def _configure(self, task: Any, params: dict) -> None:
         r_c = params["r_c"]
         _circle_walls(task, r_c, self.cfg.wall_fraction * r_c, agent_keepout=0.3)
-        centres = self.hazard_centres(params)
-        task._add_geoms(_sg().Hazards(num=len(centres), size=self.cfg.hazard_size, keepout=0.0,
+        centres = self.hazards(params)
+        task._add_geoms(_sg().Hazards(num=len(centres), size=self.cfg.hazard_radius, keepout=0.0,
                                       locations=[c for c in centres]))
 
 
-# -- sg-point-button ----------------------------------------------------------------------------------------
-
 @dataclass
-class SGPointButtonSplit:
-    n_b: IntRange = spec((3, 6), ge=2, doc="number of buttons")
-    n_h: IntRange = spec((3, 6), ge=1, doc="number of hazards")
-    r_s: Range = spec((1.75, 2.0), gt=0, le=3.4, doc="spawn range: placement extents [-r_s, r_s]^2")
-
-
-@dataclass
-class SGPointButtonConfig:
-    horizon: int = spec(1000, ge=1)
-    cost_limit: float = spec(25.0, ge=0)
+class SGPointButtonConfig(PointButtonConfig):
     n_gremlins: int = spec(0, ge=0, doc="moving gremlins (safety-gymnasium's Button1 has 4)")
-    train: SGPointButtonSplit = field(default_factory=SGPointButtonSplit)
-    test: SGPointButtonSplit = field(default_factory=lambda: SGPointButtonSplit((6, 10), (6, 10), (2.5, 3.0)))
 
 
 @register_env("sg-point-button", "Safety-Gymnasium Point button: n_b buttons, n_h hazards in [-r_s, r_s]^2 (MuJoCo)")
-class SGPointButton(_SafetyGymFamily):
+class SGPointButton(_SafetyGymFamily, PointButton):
     name = "sg-point-button"
     Config = SGPointButtonConfig
     agent = "Point"
-
-    def sample_params(self, split: str, rng: np.random.Generator) -> dict:
-        ranges = getattr(self.cfg, split)
-        return {"n_b": draw(rng, ranges.n_b, integer=True), "n_h": draw(rng, ranges.n_h, integer=True),
-                "r_s": draw(rng, ranges.r_s), "layout_seed": int(rng.integers(2**31))}
 
     def _base_name(self) -> str:
         return "ButtonLevel0"
@@ -473,49 +399,11 @@ class SGPointButton(_SafetyGymFamily):
         _pin_layout(task, params["layout_seed"], ("buttons", "hazards"))
 
 
-# -- sg-point-goal ------------------------------------------------------------------------------------------
-
-GOAL_LEVEL_DEFAULT_COST_LIMIT = {1: 0.75, 2: 5.0}
-
-
-@dataclass
-class SGPointGoalSplit:
-    layout_seed: IntRange = spec((0, 999_999), ge=0, doc="seed of the task's layout")
-
-
-@dataclass
-class SGPointGoalConfig:
-    level: Literal[1, 2] = 2
-    horizon: int = spec(1000, ge=1)
-    cost_limit: float | None = spec(None, ge=0, doc="d; unset: 0.75 at level 1, 5 at level 2 (C-MAML)")
-    goal_arc_deg: float = spec(140.0, gt=0, le=360, doc="the goal lies within this arc seen from the start")
-    goal_distance: Range = spec((1.5, 2.5), ge=0, doc="start-goal distance")
-    train: SGPointGoalSplit = field(default_factory=SGPointGoalSplit)
-    test: SGPointGoalSplit = field(default_factory=lambda: SGPointGoalSplit((1_000_000, 1_999_999)))
-
-
 @register_env("sg-point-goal", "Safety-Gymnasium Point goal, level 1 or 2, one fixed layout per task (MuJoCo)")
-class SGPointGoal(_SafetyGymFamily):
+class SGPointGoal(_SafetyGymFamily, PointGoal):
     name = "sg-point-goal"
-    Config = SGPointGoalConfig
+    Config = PointGoalConfig
     agent = "Point"
-
-    def __init__(self, cfg: Any):
-        super().__init__(cfg)
-        (a, b), (c, d) = cfg.train.layout_seed, cfg.test.layout_seed
-        if a <= d and c <= b:
-            raise UserError(f"sg-point-goal: the train layout seeds [{a}, {b}] and the test layout seeds "
-                            f"[{c}, {d}] overlap; give them disjoint ranges.")
-
-    @property
-    def cost_limit(self) -> float:
-        if self.cfg.cost_limit is not None:
-            return float(self.cfg.cost_limit)
-        return GOAL_LEVEL_DEFAULT_COST_LIMIT[int(self.cfg.level)]
-
-    def sample_params(self, split: str, rng: np.random.Generator) -> dict:
-        return {"level": int(self.cfg.level),
-                "layout_seed": draw(rng, getattr(self.cfg, split).layout_seed, integer=True)}
 
     def _base_name(self) -> str:
         return f"GoalLevel{int(self.cfg.level)}"
@@ -531,7 +419,7 @@ class SGPointGoal(_SafetyGymFamily):
     def _configure(self, task: Any, params: dict) -> None:
         if int(params["level"]) != int(self.cfg.level):
             raise UserError(f"sg-point-goal: a level-{params['level']} task given to a level-{self.cfg.level} family.")
-        task.hazards.num = 10
+        task.hazards.num = self.cfg.n_hazards
         task.vases.is_constrained = True
         task.mechanism_conf.continue_goal = False
         _, heading = _pin_layout(task, params["layout_seed"], ("agent", "goal", "hazards", "vases"),

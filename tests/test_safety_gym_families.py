@@ -14,6 +14,7 @@ import torch
 
 import safemeta
 from safemeta.envs import safety_gym_families as sgf
+from safemeta.envs.goal import PointGoalSplit
 from safemeta.errors import UserError
 from safemeta.task import Task
 
@@ -96,7 +97,7 @@ def test_goal_layout_seeds_are_disjoint_between_splits():
     test = {t.params["layout_seed"] for t in fam.sample(500, "test", np.random.default_rng(0))}
     assert max(train) < 1_000_000 <= min(test) and not train & test
     with pytest.raises(UserError, match="overlap"):
-        _family(sgf.SGPointGoal, train=sgf.SGPointGoalSplit((0, 10)), test=sgf.SGPointGoalSplit((5, 20)))
+        _family(sgf.SGPointGoal, train=PointGoalSplit((0, 10)), test=PointGoalSplit((5, 20)))
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -174,7 +175,7 @@ def test_car_circle_hazards_exist_are_pinned_and_cost():
     venv.reset(seed=0)
     for env, t in zip(venv.envs, tasks):
         assert len(_geoms(env, "hazard")) == env.task.hazards.num == t.params["n_h"]
-        centres = fam.hazard_centres(t.params)
+        centres = fam.hazards(t.params)
         radii = np.linalg.norm(centres, axis=1)
         assert ((radii >= 0.7 * t.params["r_c"] - 1e-9) & (radii <= 1.3 * t.params["r_c"] + 1e-9)).all()
         np.testing.assert_allclose([p[:2] for p in env.task.hazards.pos], centres, atol=1e-6)
@@ -183,13 +184,13 @@ def test_car_circle_hazards_exist_are_pinned_and_cost():
         assert env.task.model.geom("circle").size[0] == pytest.approx(t.params["r_c"])
     venv.reset()  # a new episode keeps the task's hazards
     for env, t in zip(venv.envs, tasks):
-        np.testing.assert_allclose([p[:2] for p in env.task.hazards.pos], fam.hazard_centres(t.params), atol=1e-6)
+        np.testing.assert_allclose([p[:2] for p in env.task.hazards.pos], fam.hazards(t.params), atol=1e-6)
     # the car's free joint: put it on hazard 0 (and inside the walls, which the annulus may not be)
     import mujoco
 
     env = venv.envs[1]
     m, d = env.task.model, env.task.data
-    inside = [c for c in fam.hazard_centres(tasks[1].params) if abs(c[0]) < fam.cfg.wall_fraction * 1.4 - 0.1]
+    inside = [c for c in fam.hazards(tasks[1].params) if abs(c[0]) < fam.cfg.wall_fraction * 1.4 - 0.1]
     adr = m.joint("agent").qposadr[0]
     d.qpos[adr:adr + 2] = inside[0]
     mujoco.mj_forward(m, d)
