@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -59,15 +62,38 @@ class Run:
         return self.trainer.meta_test(tasks, adapt_steps, seed)
 
 
-def train(cfg: Config) -> Run:
+def train(cfg: Config, on_iteration: Callable[[dict], None] | None = None) -> Run:
     """Meta-train a new run in a fresh directory under ``cfg.out``."""
     trainer = MetaTrainer(cfg)  # validates names/capabilities before anything is written
     run_dir = new_run_dir(cfg.out, cfg.algo, cfg.inner, cfg.env, cfg.seed)
     save_config(cfg, run_dir / "config.yaml")
-    return _fit(trainer, run_dir)
+    atomic_write_text(run_dir / "run.json", json.dumps(run_info(), indent=1))
+    return _fit(trainer, run_dir, on_iteration)
 
 
-def resume(run_dir: str | Path, iters: int | None = None) -> Run:
+def run_info() -> dict:
+    """Provenance of a run: the command, the package version and the git commit it ran from."""
+    import safemeta
+
+    cli = Path(sys.argv[0]).name in ("safemeta", "cli.py")
+    return {"command": " ".join(["safemeta", *sys.argv[1:]] if cli else sys.argv),
+            "version": safemeta.__version__, "commit": git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def git_commit() -> str:
+    """The commit of the safemeta source tree (with ``+dirty`` for uncommitted changes), or ``unknown``."""
+    src = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+
+
+def resume(run_dir: str | Path, iters: int | None = None, on_iteration: Callable[[dict], None] | None = None) -> Run:
     """Continue a run from its latest readable checkpoint (from scratch if it never reached one)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -80,10 +106,10 @@ def resume(run_dir: str | Path, iters: int | None = None) -> Run:
     if Checkpointer(run_dir).paths():
         path = trainer.load_checkpoint(run_dir)
         console.print(f"resumed from {path} (iteration {trainer.iteration})")
-    return _fit(trainer, run_dir)
+    return _fit(trainer, run_dir, on_iteration)
 
 
-def _fit(trainer: MetaTrainer, run_dir: Path) -> Run:
+def _fit(trainer: MetaTrainer, run_dir: Path, on_iteration: Callable[[dict], None] | None = None) -> Run:
     cfg, tr = trainer.cfg, trainer.cfg.trainer
     log = MetricsLog(run_dir, cfg.log, to_dict(cfg))
     log.truncate(trainer.iteration)
@@ -108,6 +134,8 @@ def _fit(trainer: MetaTrainer, run_dir: Path) -> Run:
             log.log(row)
             if last or trainer.iteration % tr.checkpoint_every == 0:
                 ckpt.save(trainer.state_dict(), trainer.iteration)
+            if on_iteration is not None:
+                on_iteration(row)
             progress.update(bar, completed=trainer.iteration, ret=f"{row.get('train/return_K', math.nan):.3f}",
                             cost=f"{row.get('train/cost_K', math.nan):.3f}")
     if report is None:  # no iteration ran (e.g. the `random` preset, or resuming a finished run)

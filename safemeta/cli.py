@@ -38,6 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--adapt-steps", type=int, help="K adaptation steps (default: the run's eval.adapt_steps)")
     e.add_argument("--seed", type=int, help="seed of the held-out task draw (default: the run's eval.seed)")
 
+    b = sub.add_parser("bench", parents=[plugin], help="run a grid of algos x inners x envs x seeds (resumable)")
+    b.add_argument("grid", help="grid YAML file (see leaderboards/grids/)")
+
+    lb = sub.add_parser("leaderboard", parents=[plugin], help="turn finished runs into leaderboards and plots")
+    lb.add_argument("--runs", default="runs/leaderboard", help="root folder of the runs (default runs/leaderboard)")
+    lb.add_argument("--out", default="leaderboards", help="where boards go (default leaderboards/)")
+    lb.add_argument("--family", action="append", default=None, help="only this family (repeatable)")
+    lb.add_argument("--grids", default="leaderboards/grids", help="folder of the grid files named on the boards")
+
     ls = sub.add_parser("list", parents=[plugin], help="list registered algos, inner solvers, outer updaters and envs")
     ls.add_argument("what", nargs="?", choices=sorted(_LISTS), help="only this registry (envs: with task ranges)")
     return p
@@ -93,6 +102,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     spec = report["spec"]
     out = Path(args.run_dir) / f"eval-it{run.trainer.iteration}-n{spec['tasks']}-k{spec['adapt_steps']}-s{spec['seed']}.json"
     atomic_write_text(out, json.dumps(report, indent=1))
+    rows = ["step,task,return,cost,within_limit"] + [
+        f"{st['step']},{i},{r},{c},{w}" for st in report["steps"]
+        for i, (r, c, w) in enumerate(zip(st["per_task"]["return"], st["per_task"]["cost"], st["per_task"]["within_limit"]))]
+    atomic_write_text(out.with_suffix(".csv"), "\n".join(rows) + "\n")
     for step in report["steps"]:
         console.print(f"step {step['step']}: return {step['return_mean']:.3f}  cost {step['cost_mean']:.3f}  "
                       f"over limit {step['violation_rate']:.0%}")
@@ -100,6 +113,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 _LISTS = {"algos": "algo", "inners": "inner", "outers": "outer", "envs": "env"}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from safemeta.bench import run_grid
+
+    return 1 if run_grid(args.grid) else 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> None:
+    from safemeta.api import console
+    from safemeta.leaderboard import make_leaderboards
+
+    command = " ".join(["safemeta", *args.argv])
+    for board in make_leaderboards(args.runs, args.out, args.family, command.strip(), args.grids):
+        console.print(f"wrote {board}")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -134,19 +162,22 @@ def _fmt(x: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         from safemeta.registry import load_plugin
 
         for spec in args.plugin:
             load_plugin(spec)
-        {"train": cmd_train, "eval": cmd_eval, "list": cmd_list}[args.command](args)
+        commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench,
+                    "leaderboard": cmd_leaderboard}
+        rc = commands[args.command](args)
     except UserError as e:
         print(f"safemeta {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("safemeta: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return int(rc or 0)
 
 
 if __name__ == "__main__":

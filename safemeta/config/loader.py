@@ -37,18 +37,27 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict:
 
 
 def parse_set(items: list[str]) -> dict:
-    """``["a.b=1", "c=[1,2]"]`` -> nested dict."""
-    out: dict = {}
+    """``["a.b=1", "c=[1,2]"]`` -> nested dict (values parsed as YAML)."""
+    pairs = []
     for item in items:
         if "=" not in item:
             raise UserError(f"--set expects KEY=VALUE (e.g. trainer.iters=20), got '{item}'.")
         key, raw = item.split("=", 1)
-        if not key or any(not part for part in key.split(".")):
-            raise UserError(f"--set has an empty key in '{item}'.")
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        pairs.append((key, value))
+    return nest(pairs)
+
+
+def nest(pairs: list[tuple[str, object]] | dict) -> dict:
+    """Dotted keys -> nested dict: ``[("a.b", 1)]`` -> ``{"a": {"b": 1}}``."""
+    out: dict = {}
+    for key, value in (pairs.items() if isinstance(pairs, dict) else pairs):
+        key = str(key)
+        if not key or any(not part for part in key.split(".")):
+            raise UserError(f"--set has an empty key in '{key}'.")
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

@@ -1,0 +1,66 @@
+"""Leaderboard plots (matplotlib, Agg): adaptation curves and meta-training curves per family."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from safemeta import registry  # noqa: E402
+from safemeta.stats import bootstrap  # noqa: E402
+
+
+def plot_adaptation(family: str, methods: list, limit: float, path: Path) -> Path:
+    """Return and cost vs adaptation step on held-out tasks, one line per method, 95% bootstrap bands."""
+    fig, (ax_r, ax_c) = plt.subplots(1, 2, figsize=(10, 4))
+    for m in methods:
+        steps = range(len(m.runs[0].report["steps"]))
+        for ax, key in ((ax_r, "return"), (ax_c, "cost")):
+            est = [bootstrap(m.per_task(k, key), reps=500) for k in steps]
+            ax.plot(list(steps), [e.value for e in est], marker="o", label=m.label)
+            ax.fill_between(list(steps), [e.low for e in est], [e.high for e in est], alpha=0.2)
+    ax_c.axhline(limit, color="k", linestyle="--", linewidth=1, label=f"cost limit d = {limit:g}")
+    for ax, name in ((ax_r, "episode return"), (ax_c, "episode cost")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("adaptation step")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    ax_c.legend(fontsize=8)
+    fig.suptitle(f"{family}: meta-test on held-out tasks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training(family: str, methods: list, path: Path) -> Path:
+    """Meta-policy return and cost on training tasks vs meta-iteration (mean over seeds, min-max band)."""
+    fig, (ax_r, ax_c) = plt.subplots(1, 2, figsize=(10, 4))
+    for m in methods:
+        curves = [[row for row in r.metrics if "train/return_0" in row] for r in m.runs]
+        n = min(len(c) for c in curves)
+        if n == 0:
+            continue
+        it = [row["iter"] for row in curves[0][:n]]
+        for ax, key in ((ax_r, "train/return_0"), (ax_c, "train/cost_0")):
+            y = np.array([[row[key] for row in c[:n]] for c in curves])
+            ax.plot(it, y.mean(0), label=m.label)
+            ax.fill_between(it, y.min(0), y.max(0), alpha=0.2)
+    cfg = methods[0].runs[0].cfg
+    limit = registry.env.get(cfg.env)(cfg.env_params).cost_limit_for("train")
+    ax_c.axhline(limit, color="k", linestyle="--", linewidth=1, label=f"training cost limit d = {limit:g}")
+    ax_c.legend(fontsize=8)
+    for ax, name in ((ax_r, "meta-policy return (train tasks)"), (ax_c, "meta-policy cost (train tasks)")):
+        ax.set_xlabel("meta-iteration")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    ax_r.legend(fontsize=8)
+    fig.suptitle(f"{family}: meta-training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,111 @@
+"""Grids and leaderboards: a failed cell is reported and the grid goes on; finished cells are skipped;
+a board built from fake finished runs has the right rows, order and numbers."""
+import csv
+import json
+import textwrap
+
+import pytest
+
+import safemeta
+from safemeta.bench import load_grid, run_grid
+from safemeta.config.loader import save_config
+from safemeta.errors import UserError
+from safemeta.leaderboard import make_leaderboards
+from safemeta.registry import load_plugin
+
+EXPLODING = textwrap.dedent('''
+    from safemeta.registry import register_inner
+    from safemeta.algorithms.inner.trpo import TRPO
+
+    @register_inner("exploding_trpo", "raises in its first step (grid failure test)")
+    class Exploding(TRPO):
+        def step(self, *args, **kwargs):
+            raise RuntimeError("boom")
+''')
+
+
+def _grid(tmp_path, **extra):
+    spec = {"out": str(tmp_path / "runs"), "algos": ["fomaml_trpo"], "envs": ["tiny-nav"], "seeds": [0],
+            "set": {"trainer.iters": 2, "trainer.tasks_per_iter": 2, "trainer.eval_every": 0, "eval.tasks": 2,
+                    "eval.adapt_steps": 1, "critic.iters": 2}, **extra}
+    path = tmp_path / "grid.yaml"
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path
+
+
+def test_grid_with_a_failed_run_reports_it_and_continues(tmp_path, capsys):
+    plugin = tmp_path / "exploding.py"
+    plugin.write_text(EXPLODING)
+    load_plugin(str(plugin))
+    grid = _grid(tmp_path, inners=["exploding_trpo", "trpo"])
+    assert run_grid(grid) == 1
+    err = capsys.readouterr().err
+    assert "FAILED fomaml_trpo/exploding_trpo on tiny-nav s0" in " ".join(err.split()) and "boom" in err
+    finished = list((tmp_path / "runs").glob("fomaml_trpo-trpo-tiny-nav/*/meta_test.json"))
+    assert len(finished) == 1  # the cell after the failure ran
+
+
+def test_grid_skips_finished_and_resumes_unfinished(tmp_path, capsys):
+    grid = _grid(tmp_path, seeds=[0, 1])
+    assert run_grid(grid) == 0
+    first = sorted((tmp_path / "runs").glob("*/*"))
+    assert len(first) == 2
+    (first[1] / "meta_test.json").unlink()  # as if killed before the end
+    capsys.readouterr()
+    assert run_grid(grid) == 0
+    out = " ".join(capsys.readouterr().err.split())
+    assert "0 trained, 1 resumed, 1 already finished" in out
+    assert sorted((tmp_path / "runs").glob("*/*")) == first  # no new run directories
+
+
+def test_bad_grid_files_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="Unknown key"):
+        load_grid(_grid(tmp_path, colour="red"))
+    with pytest.raises(UserError, match="non-empty list 'seeds'"):
+        load_grid(_grid(tmp_path, seeds=[]))
+    with pytest.raises(UserError, match="Unknown algo 'nope'"):
+        load_grid(_grid(tmp_path, algos=["nope"]))
+
+
+def _fake_run(root, algo, seed, returns, costs, limit=1.0, cost_paid=10.0):
+    cfg = safemeta.resolve_config([("fake", {"algo": algo, "env": "tiny-nav", "seed": seed, "out": str(root)})])
+    run_dir = root / f"{cfg.algo}-{cfg.inner}-{cfg.env}" / f"20260101-000000-s{seed}"
+    run_dir.mkdir(parents=True)
+    save_config(cfg, run_dir / "config.yaml")
+    steps = [{"step": k, "per_task": {"return": list(r), "cost": list(c), "within_limit": [x <= limit for x in c]}}
+             for k, (r, c) in enumerate(zip(returns, costs))]
+    (run_dir / "meta_test.json").write_text(json.dumps({"cost_limit": limit, "steps": steps, "iteration": 1}))
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"iter": 1, "train/return_0": 0.0, "train/cost_0": 0.0,
+                                                      "train_cost_paid": cost_paid, "env_steps": 100,
+                                                      "wall_time": 60.0}) + "\n")
+    (run_dir / "run.json").write_text(json.dumps({"commit": "abc123"}))
+
+
+def test_leaderboard_from_two_fake_runs_has_right_rows_and_numbers(tmp_path):
+    root = tmp_path / "runs"
+    # fomaml_trpo: high return but unsafe after K = 2; pretrained: lower return, safe
+    _fake_run(root, "fomaml_trpo", 0, returns=[[1, 2], [3, 4], [5, 7]], costs=[[0, 0], [1, 2], [3, 5]], cost_paid=40)
+    _fake_run(root, "pretrained", 0, returns=[[0, 1], [1, 2], [2, 2]], costs=[[0, 0], [0.5, 0.5], [0.5, 1.5]])
+    boards = make_leaderboards(root, tmp_path / "boards", None, "safemeta leaderboard --runs x")
+    assert [b.name for b in boards] == ["tiny-nav.md"]
+    rows = list(csv.DictReader((tmp_path / "boards" / "tiny-nav.csv").open()))
+    assert [r["method"] for r in rows] == ["pretrained / trpolag", "fomaml_trpo / trpo"]  # safe first
+    pre, fo = rows
+    assert pre["safe"] == "True" and fo["safe"] == "False"
+    assert float(fo["return@K mean"]) == 6.0 and float(fo["cost@K mean"]) == 4.0
+    assert float(fo["return@1 mean"]) == 3.5 and float(fo["return@0 mean"]) == 1.5
+    assert float(pre["cost@K mean"]) == 1.0 and float(pre["within limit@K mean"]) == 0.5
+    assert float(fo["train cost paid mean"]) == 40.0 and float(fo["wall time (min) mean"]) == 1.0
+    assert float(fo["return@K low"]) <= 6.0 <= float(fo["return@K high"])
+    md = (tmp_path / "boards" / "tiny-nav.md").read_text()
+    assert "safemeta leaderboard --runs x" in md and "abc123" in md and "tiny-nav-adaptation.png" in md
+    assert (tmp_path / "boards" / "tiny-nav-adaptation.png").stat().st_size > 1000
+    assert "tiny-nav.md" in (tmp_path / "boards" / "README.md").read_text()
+
+
+def test_leaderboard_errors_name_the_problem(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        make_leaderboards(tmp_path / "nothing", tmp_path / "b", None, "x")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="No finished runs"):
+        make_leaderboards(tmp_path / "empty", tmp_path / "b", None, "x")
