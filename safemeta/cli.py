@@ -79,9 +79,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     import safemeta
 
     if args.resume:
-        given = [f"--{k}" for k in ("algo", "inner", "env", "seed", "out", "config") if getattr(args, k) is not None]
-        if given or args.set:
-            raise UserError(f"--resume continues a run with its saved config; drop {', '.join(given + ['--set'] * bool(args.set))} "
+        given = [f"--{k}" for k in ("algo", "inner", "env", "seed", "out", "config", "set")
+                 if getattr(args, k) not in (None, [])]
+        if given:
+            raise UserError(f"--resume continues a run with its saved config; drop {', '.join(given)} "
                             "(only --iters may extend it).")
         safemeta.resume(args.resume, args.iters)
         return

@@ -52,8 +52,8 @@ class Registry(Generic[T]):
         """Decorator form: ``@registry("name")``."""
 
         def wrap(obj: T) -> T:
-            doc = description or (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else description
-            return self.add(name, obj, doc or "", _current_source)
+            doc_lines = (obj.__doc__ or "").strip().splitlines()
+            return self.add(name, obj, description or (doc_lines[0] if doc_lines else ""), _current_source)
 
         return wrap
 
@@ -93,6 +93,8 @@ _builtins_loaded = False
 _BUILTIN_MODULES = (
     "safemeta.algorithms.inner.trpo",
     "safemeta.algorithms.inner.trpolag",
+    "safemeta.algorithms.inner.cpo",
+    "safemeta.algorithms.inner.crpo",
     "safemeta.algorithms.outer.fomaml",
     "safemeta.algorithms.outer.pooled",
     "safemeta.algorithms.outer.no_meta",

@@ -25,14 +25,22 @@ def flat_grad(value: Tensor, params: Params, create_graph: bool = False, retain_
     return flat({k: (g if g is not None else torch.zeros_like(v)) for (k, v), g in zip(params.items(), grads)})
 
 
-def fisher_vector_product(kl_fn: Callable[[Params], Tensor], params: Params, damping: float
-                          ) -> Callable[[Tensor], Tensor]:
-    """``v[N,P] -> F v`` with F the Hessian of the per-task mean KL at ``params``."""
-    p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+def fisher_vector_product(kl_fn: Callable[[Params], Tensor], params: Params, damping: float,
+                          create_graph: bool = False) -> Callable[[Tensor], Tensor]:
+    """``v[N,P] -> F v`` with F the Hessian of the per-task mean KL at ``params``.
+
+    With ``create_graph`` the products keep their graph to ``params`` (F depends on theta), for
+    differentiating through a natural-gradient step; ``kl_fn`` must then detach its reference policy.
+    """
+    p = params if create_graph else {k: v.detach().requires_grad_(True) for k, v in params.items()}
     grad_kl = flat_grad(kl_fn(p).sum(), p, create_graph=True)
 
     def fvp(v: Tensor) -> Tensor:
-        return flat_grad((grad_kl * v).sum(), p, retain_graph=True) + damping * v
+        # v^T d(grad KL)/dp = F v, differentiating grad KL only: v's own history (CG iterates that depend on
+        # theta) is not traversed, and with create_graph the product stays differentiable in v and in p.
+        hv = torch.autograd.grad(grad_kl, list(p.values()), grad_outputs=v, create_graph=create_graph,
+                                 retain_graph=True, allow_unused=True)
+        return flat({k: (h if h is not None else torch.zeros_like(x)) for (k, x), h in zip(p.items(), hv)}) + damping * v
 
     return fvp
 

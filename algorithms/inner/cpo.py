@@ -1,0 +1,107 @@
+"""CPO inner solver (Achiam et al. 2017; Meta-CPO, Cho & Sun 2024, eq. 3, 4, 9), batched over tasks.
+
+Per task, from the batch:
+- g = grad of the reward surrogate E[ratio * A_R] (A_R standardized);
+- a = grad of the per-episode cost surrogate L * E[ratio * A_C] (A_C centered; L = env steps per finished
+  episode, so that a^T x is a change of the episode cost J_C, in the units of b);
+- b = J_C - d, the batch's mean episode cost minus the task's cost limit;
+then the step x* of ``cpo_step.solve_cpo`` (all cases, recovery step of eq. 4 when infeasible) in the
+metric H = Fisher matrix (conjugate gradient with Fisher-vector products) or the identity
+(``metric: euclidean``, as the Meta-CPO code), followed by a backtracking line search that accepts the
+largest fraction of x* with KL <= delta (Fisher metric), a cost-surrogate change <= max(-b, 0) and, except
+for a recovery step, a reward surrogate that does not decrease.
+
+``step(..., differentiable=True)`` keeps the graph from the new parameters back to the old ones, through
+g, a, b's surrogates (second order) and the subproblem's solution, by one of three backends (Meta-CPO
+eq. 9-11): ``analytic`` (the closed form differentiated by autograd; Fisher metric through CG; the path
+that scales), ``cvxpylayers`` (the paper's convex layer, DPP form) and ``qpth`` (a batched QP with the
+trust region in Lagrangian form, lambda* from the dual). The layer backends use the Euclidean metric and
+take the closed-form recovery step on infeasible tasks instead of calling a solver that would fail.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from safemeta.algorithms.inner.base import InnerSolver, State, normalize
+from safemeta.algorithms.inner.cpo_backends import solve_with_backend
+from safemeta.algorithms.inner.cpo_step import solve_cpo
+from safemeta.algorithms.inner.natural_gradient import (backtracking_line_search, conjugate_gradient,
+                                                        fisher_vector_product, flat_grad)
+from safemeta.batch import Batch
+from safemeta.config.schema import spec
+from safemeta.errors import UserError
+from safemeta.params import Params, add, detach, unflat
+from safemeta.registry import register_inner
+
+
+@dataclass
+class CPOConfig:
+    max_kl: float = spec(0.01, gt=0, doc="delta, the trust-region radius")
+    metric: Literal["fisher", "euclidean"] = "fisher"
+    backend: Literal["analytic", "cvxpylayers", "qpth"] = "analytic"
+    cg_iters: int = spec(10, ge=1)
+    cg_damping: float = spec(0.1, ge=0)
+    backtrack_decay: float = spec(0.8, gt=0, lt=1)
+    max_backtracks: int = spec(15, ge=1)
+
+
+@register_inner("cpo", "CPO: reward step in a trust region under a linearized cost constraint, recovery when infeasible")
+class CPO(InnerSolver):
+    Config = CPOConfig
+    supports_differentiable = True
+
+    def __init__(self, cfg: CPOConfig, actor):
+        super().__init__(cfg, actor)
+        if cfg.backend != "analytic" and cfg.metric != "euclidean":
+            raise UserError(f"inner_cfg.cpo.backend '{cfg.backend}' solves the subproblem with the Euclidean metric "
+                            "only (it would need the dense Fisher matrix); set inner_cfg.cpo.metric=euclidean, "
+                            "or use backend analytic for the Fisher metric.")
+
+    def advantages(self, batch: Batch, state: State) -> Tensor:
+        return normalize(batch.adv_r)
+
+    def cost_advantages(self, batch: Batch) -> Tensor:
+        steps_per_episode = batch.rew[0].numel() / batch.ep_count.clamp(min=1)
+        return normalize(batch.adv_c, center_only=True) * steps_per_episode.reshape(-1, 1, 1)
+
+    def step(self, params: Params, batch: Batch, state: State, differentiable: bool = False
+             ) -> tuple[Params, State, dict[str, Tensor]]:
+        cfg = self.cfg
+        adv_r, adv_c = self.advantages(batch, state).detach(), self.cost_advantages(batch).detach()
+        p = params if differentiable else {k: v.requires_grad_(True) for k, v in detach(params).items()}
+        old = detach(params)
+        surr_r, surr_c = self.surrogate(p, batch, adv_r), self.surrogate(p, batch, adv_c)
+        g = flat_grad(surr_r.sum(), p, create_graph=differentiable, retain_graph=True)
+        a = flat_grad(surr_c.sum(), p, create_graph=differentiable, retain_graph=differentiable)
+        b = (batch.ep_cost - state["cost_limit"]).to(g.dtype)
+        if cfg.metric == "fisher":
+            fvp = fisher_vector_product(lambda q: self.mean_kl(old, q, batch), p, cfg.cg_damping,
+                                        create_graph=differentiable)
+            hinv_g, hinv_a = conjugate_gradient(fvp, g, cfg.cg_iters), conjugate_gradient(fvp, a, cfg.cg_iters)
+        else:
+            hinv_g, hinv_a = g, a
+        sol = solve_cpo(g, a, b, hinv_g, hinv_a, cfg.max_kl)
+        x = solve_with_backend(cfg.backend, g, a, b, sol, cfg.max_kl) if differentiable else sol.step.detach()
+        surr_r0, surr_c0 = surr_r.detach(), surr_c.detach()
+        recovery = sol.case == 0
+        allowed_cost_change = torch.clamp(-b.detach(), min=0.0)
+
+        def accept(cand: Params) -> Tensor:
+            ok = (self.surrogate(cand, batch, adv_c) - surr_c0 <= allowed_cost_change) & \
+                 (recovery | (self.surrogate(cand, batch, adv_r) >= surr_r0))
+            if cfg.metric == "fisher":
+                ok &= self.mean_kl(old, cand, batch) <= cfg.max_kl
+            return ok
+
+        _, frac, accepted = backtracking_line_search(old, x.detach(), accept, cfg.backtrack_decay, cfg.max_backtracks)
+        new = add(p if differentiable else old, unflat(x, old), frac.to(x.dtype))
+        with torch.no_grad():
+            kl = self.mean_kl(old, new, batch)
+        info = {"kl": kl, "case": sol.case.float(), "step_fraction": frac, "accepted": accepted.float(),
+                "constraint_value": b.detach(), "lagrange_trust": sol.lagrange_trust.detach(),
+                "lagrange_cost": sol.lagrange_cost.detach()}
+        return new, state, info
