@@ -93,3 +93,29 @@ def test_crpo_per_task_step_size_from_outside(parts):
     dist = lambda p: sum(((p[k] - params[k]) ** 2).reshape(3, -1).sum(1) for k in p).sqrt()  # noqa: E731
     ratio = dist(mixed) / dist(small)
     torch.testing.assert_close(ratio, torch.tensor([1.0, 2.0, 1.0]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("inner", ["cpo", "crpo"])
+def test_solver_learns_point_circle_and_holds_cost_near_the_limit(inner, make_config):
+    """Each task's own policy, 40 inner steps on 4 training tasks; then the final policies are evaluated
+    on fresh episodes (16 per task) against the random initial policy.
+
+    Both solvers converge to the constraint boundary and, at this budget, end 10-25% above d = 25 on
+    average (measured: cpo 27-29, crpo 23-31), so this asserts learning and a cost held near the limit
+    (an unconstrained TRPO policy pays 150-300 here, see leaderboards/point-circle.md), not J_C <= d:
+    ending strictly within the limit is still open (issue 5)."""
+    import safemeta
+
+    cfg = safemeta.resolve_config([("t", {"env": "point-circle", "inner": inner, "algo": "pretrained"})])
+    t = MetaTrainer(cfg)
+    tasks = t.family.sample(4, "train", np.random.default_rng(0))
+    venv = t.family.make(tasks, 4, "cpu", 0)
+    res = t.adapter.adapt(stacked_theta(t.meta, 4), venv, 40, t.inner.init_state(4, t.family.cost_limit),
+                          t.meta.critics_for(4), 1, torch.Generator().manual_seed(0), final_rollout=False)
+    eval_venv = t.family.make(tasks, 16, "cpu", 1)
+    final = t.adapter.collector.collect(res.params[-1], eval_venv, 1, torch.Generator().manual_seed(1))
+    start = t.adapter.collector.collect(res.params[0], eval_venv, 1, torch.Generator().manual_seed(1))
+    ret, cost = float(final.ep_return.mean()), float(final.ep_cost.mean())
+    assert ret > max(10 * float(start.ep_return.mean()), 20.0), (ret, float(start.ep_return.mean()))
+    assert cost <= 1.5 * t.family.cost_limit, (inner, cost, final.ep_cost.tolist())

@@ -27,9 +27,9 @@ from safemeta.registry import register_inner
 
 @dataclass
 class CRPOConfig:
-    step_size: float = spec(0.05, gt=0, doc="alpha, the natural-gradient step size")
+    step_size: float = spec(0.5, gt=0, doc="alpha, the natural-gradient step size")
     tolerance: float = spec(0.0, ge=0, doc="eta: the cost step is taken when J_C > d + eta")
-    max_kl: float = spec(0.02, gt=0, doc="cap on the step's quadratic KL estimate")
+    max_kl: float = spec(0.01, gt=0, doc="cap on the step's quadratic KL estimate")
     cg_iters: int = spec(10, ge=1)
     cg_damping: float = spec(0.1, ge=0)
 
