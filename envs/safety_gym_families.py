@@ -99,7 +99,7 @@ sg-point-button 25 (Safety-Gym's usual d for 1000-step episodes, as ``point-butt
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable
 

@@ -28,7 +28,7 @@ from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
 from safemeta.checkpoint import Checkpointer
 from safemeta.collector import Collector
 from safemeta.config.schema import Config
-from safemeta.evaluation import MetaTestSpec, meta_test, summary_metrics
+from safemeta.evaluation import MetaTestSpec, meta_test
 from safemeta.model import MetaParams, build_modules, init_meta_params, stacked_theta
 
 
@@ -54,7 +54,7 @@ class MetaTrainer:
     # -- one meta-iteration ---------------------------------------------------------------------
     def train_iteration(self) -> dict[str, Any]:
         t0 = time.perf_counter()
-        cfg, tr = self.cfg, self.cfg.trainer
+        tr = self.cfg.trainer
         outer = self.outer
         metrics: dict[str, Any] = {}
         if outer.needs_rollouts:

@@ -71,6 +71,8 @@ def test_truncation_at_horizon_and_auto_reset():
         flags.append(bool(trunc.all()))
         if flags[-1]:
             assert not torch.equal(info["final_obs"], obs)  # final obs is the pre-reset state
+            assert bool((obs[:, 0] == 0).all()) and torch.equal(obs[:, 0], obs0[:, 0])  # fresh start: at rest
+            assert bool((info["final_obs"][:, 0] > 0).all())  # the finished episode was moving
     assert flags == [False, False, False, True] * 2
 
 

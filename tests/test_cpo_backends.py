@@ -1,7 +1,6 @@
 """The three differentiable CPO backends agree on steps and vector-Jacobian products, the VJPs agree with
 finite differences, and an infeasible task gets the recovery step instead of an error."""
 import numpy as np
-import pytest
 import torch
 
 from safemeta.algorithms.inner.cpo_backends import solve_with_backend

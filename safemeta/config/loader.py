@@ -166,7 +166,7 @@ class Validator:
             args = typing.get_args(tp)
             if len(args) == 2 and args[1] is not Ellipsis:  # a fixed pair: a [low, high] range
                 if len(v) != 2:
-                    raise bad(f"a [low, high] pair")
+                    raise bad("a [low, high] pair")
                 out = tuple(self.value(a, x, f"{key}[{i}]") for i, (a, x) in enumerate(zip(args, v)))
                 if out[0] > out[1]:
                     raise UserError(f"Config key '{key}'{self.where(key)}: the range [{out[0]}, {out[1]}] is empty "
