@@ -104,10 +104,6 @@ class PointButton(TaskFamily):
     name = "point-button"
     Config = PointButtonConfig
 
-    @property
-    def horizon(self) -> int:
-        return self.cfg.horizon
-
     def sample_params(self, split: str, rng: np.random.Generator) -> dict:
         ranges = getattr(self.cfg, split)
         return {"n_b": draw(rng, ranges.n_b, integer=True), "n_h": draw(rng, ranges.n_h, integer=True),

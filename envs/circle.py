@@ -87,10 +87,6 @@ class PointCircle(TaskFamily):
     name = "point-circle"
     Config = PointCircleConfig
 
-    @property
-    def horizon(self) -> int:
-        return self.cfg.horizon
-
     def sample_params(self, split: str, rng: np.random.Generator) -> dict:
         ranges = getattr(self.cfg, split)
         return {"r_c": draw(rng, ranges.r_c), "s": draw(rng, ranges.s)}
@@ -122,10 +118,6 @@ class CarCircleHazardConfig:
 class CarCircleHazard(TaskFamily):
     name = "car-circle-hazard"
     Config = CarCircleHazardConfig
-
-    @property
-    def horizon(self) -> int:
-        return self.cfg.horizon
 
     def cost_limit_for(self, split: str) -> float:
         return float(self.cfg.test_cost_limit if split == "test" else self.cfg.cost_limit)

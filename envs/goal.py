@@ -101,10 +101,6 @@ class PointGoal(TaskFamily):
                             "overlap; give them disjoint ranges.")
 
     @property
-    def horizon(self) -> int:
-        return self.cfg.horizon
-
-    @property
     def cost_limit(self) -> float:
         return float(self.cfg.cost_limit if self.cfg.cost_limit is not None else DEFAULT_COST_LIMIT[self.cfg.level])
 

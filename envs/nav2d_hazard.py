@@ -67,10 +67,6 @@ class Nav2DHazard(TaskFamily):
     name = "nav2d-hazard"
     Config = Nav2DHazardConfig
 
-    @property
-    def horizon(self) -> int:
-        return self.cfg.horizon
-
     def sample_params(self, split: str, rng: np.random.Generator) -> dict:
         r = getattr(self.cfg, split)
         return {k: draw(rng, getattr(r, k)) for k in ("bearing", "distance", "hazard_fraction", "hazard_radius")}

@@ -314,10 +314,6 @@ class _SafetyGymFamily(TaskFamily):
 
     agent: str  # safety-gymnasium robot name
 
-    @property
-    def horizon(self) -> int:
-        return int(self.cfg.horizon)
-
     def _base_name(self) -> str:
         raise NotImplementedError
 

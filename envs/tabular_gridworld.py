@@ -217,10 +217,6 @@ class TabularGridworld(TaskFamily):
             raise UserError(f"tabular-gridworld: similarity must lie in [0, 1]; got {cfg.similarity}.")
         self.base = self._base_task()
 
-    @property
-    def horizon(self) -> int:
-        return self.cfg.horizon
-
     def _draw_costly(self, rng: np.random.Generator, goal: int, keep: list[int]) -> list[int]:
         free = [s for s in self.costly_cells if s != goal and s not in keep]
         extra = rng.choice(free, size=self.cfg.n_costly - len(keep), replace=False)

@@ -72,10 +72,6 @@ class TinyNav(TaskFamily):
     name = "tiny-nav"
     Config = TinyNavConfig
 
-    @property
-    def horizon(self) -> int:
-        return self.cfg.horizon
-
     def sample_params(self, split: str, rng: np.random.Generator) -> dict:
         return {"angle": draw(rng, getattr(self.cfg, split).angle),
                 "hazard_shift": float(rng.uniform(-self.cfg.hazard_jitter, self.cfg.hazard_jitter))}

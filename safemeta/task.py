@@ -59,8 +59,9 @@ class TaskFamily(ABC):
         self.cfg = cfg
 
     @property
-    @abstractmethod
-    def horizon(self) -> int: ...
+    def horizon(self) -> int:
+        """Episode length (time-limit truncation); every built-in Config has a ``horizon`` field."""
+        return int(self.cfg.horizon)
 
     @property
     def cost_limit(self) -> float:
