@@ -7,12 +7,16 @@ episode statistics count complete episodes and each inner step gets a fixed env-
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from safemeta.batch import Batch
 from safemeta.params import Params
 from safemeta.policy import GaussianActor, batched
 from safemeta.vec_cmdp import VecCMDP
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class Collector:
@@ -35,7 +39,7 @@ class Collector:
             std = log_std.exp()
             noise = torch.randn(mean.shape, generator=gen)
             act = mean + std * noise
-            logp = (-0.5 * noise.pow(2) - log_std - 0.5 * torch.log(torch.tensor(2 * torch.pi))).sum(-1)
+            logp = (-0.5 * noise.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
             nxt, rew, cost, term, trunc, info = venv.step(act.reshape(n * e, -1))
             done = term | trunc
             ep_ret += rew
