@@ -29,6 +29,24 @@ def make_config(tmp_path):
     return lambda **o: tiny_config(tmp_path, **o)
 
 
+@pytest.fixture
+def rollout(make_config):
+    """``hidden -> (trainer, batch)``: a tiny-nav trainer and one annotated batch of 3 tasks x 8 envs."""
+    import numpy as np
+
+    from safemeta.model import stacked_theta
+    from safemeta.trainer import MetaTrainer
+
+    def make(hidden: int):
+        t = MetaTrainer(make_config(policy={"hidden_sizes": [hidden]}))
+        venv = t.family.make(t.family.sample(3, "train", np.random.default_rng(1)), 8, "cpu", 1)
+        batch, _ = t.adapter.rollout(stacked_theta(t.meta, 3), venv, t.meta.critics_for(3), 1,
+                                     torch.Generator().manual_seed(1))
+        return t, batch
+
+    return make
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "safemeta.cli", *args], capture_output=True, text=True,

@@ -15,12 +15,8 @@ from safemeta.trainer import MetaTrainer
 
 
 @pytest.fixture
-def parts(make_config):
-    t = MetaTrainer(make_config(policy={"hidden_sizes": [16]}))
-    tasks = t.family.sample(3, "train", np.random.default_rng(1))
-    venv = t.family.make(tasks, 8, "cpu", 1)
-    batch, _ = t.adapter.rollout(stacked_theta(t.meta, 3), venv, t.meta.critics_for(3), 1, torch.Generator().manual_seed(1))
-    return t, batch
+def parts(rollout):
+    return rollout(16)
 
 
 def test_cpo_with_a_slack_constraint_takes_the_trpo_step(parts):

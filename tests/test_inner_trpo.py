@@ -22,13 +22,8 @@ def test_conjugate_gradient_solves_each_task_system():
 
 
 @pytest.fixture
-def trained_parts(make_config):
-    cfg = make_config(policy={"hidden_sizes": [8]})
-    t = MetaTrainer(cfg)
-    tasks = t.family.sample(3, "train", np.random.default_rng(1))
-    venv = t.family.make(tasks, 8, "cpu", 1)
-    batch, _ = t.adapter.rollout(stacked_theta(t.meta, 3), venv, t.meta.critics_for(3), 1, torch.Generator().manual_seed(1))
-    return t, batch
+def trained_parts(rollout):
+    return rollout(8)
 
 
 def test_fisher_vector_product_is_the_kl_hessian(trained_parts):
