@@ -24,17 +24,11 @@ def plot_adaptation(family: str, methods: list, limit: float, path: Path) -> Pat
             ax.plot(list(steps), [e.value for e in est], marker="o", label=m.label)
             ax.fill_between(list(steps), [e.low for e in est], [e.high for e in est], alpha=0.2)
     ax_c.axhline(limit, color="k", linestyle="--", linewidth=1, label=f"cost limit d = {limit:g}")
-    for ax, name in ((ax_r, "episode return"), (ax_c, "episode cost")):
+    for ax in (ax_r, ax_c):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("adaptation step")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
     ax_c.legend(fontsize=8)
-    fig.suptitle(f"{family}: meta-test on held-out tasks")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ((ax_r, "episode return"), (ax_c, "episode cost")), "adaptation step",
+                   f"{family}: meta-test on held-out tasks", path)
 
 
 def plot_training(family: str, methods: list, path: Path) -> Path:
@@ -54,12 +48,18 @@ def plot_training(family: str, methods: list, path: Path) -> Path:
     limit = registry.env.get(cfg.env)(cfg.env_params).cost_limit_for("train")
     ax_c.axhline(limit, color="k", linestyle="--", linewidth=1, label=f"training cost limit d = {limit:g}")
     ax_c.legend(fontsize=8)
-    for ax, name in ((ax_r, "meta-policy return (train tasks)"), (ax_c, "meta-policy cost (train tasks)")):
-        ax.set_xlabel("meta-iteration")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
     ax_r.legend(fontsize=8)
-    fig.suptitle(f"{family}: meta-training")
+    return _finish(fig, ((ax_r, "meta-policy return (train tasks)"), (ax_c, "meta-policy cost (train tasks)")),
+                   "meta-iteration", f"{family}: meta-training", path)
+
+
+def _finish(fig, labelled_axes, xlabel: str, title: str, path: Path) -> Path:
+    """Axis labels, grid, title; save as PNG and close."""
+    for ax, ylabel in labelled_axes:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
