@@ -27,7 +27,7 @@ from safemeta.evaluation import summary_metrics
 from safemeta.run_dir import new_run_dir
 from safemeta.task import Task
 from safemeta.tracking import MetricsLog, atomic_write_text
-from safemeta.trainer import MetaTrainer
+from safemeta.trainer import MetaTrainer, planned_iterations
 
 console = Console(stderr=True)
 
@@ -115,7 +115,7 @@ def _fit(trainer: MetaTrainer, run_dir: Path, on_iteration: Callable[[dict], Non
     log.truncate(trainer.iteration)
     ckpt = Checkpointer(run_dir, tr.keep_checkpoints)
     report = None
-    total = tr.iters if trainer.outer.needs_rollouts else 0  # e.g. `random`: nothing to meta-train
+    total = planned_iterations(cfg)
     if total < tr.iters:
         console.print(f"outer updater '{cfg.outer}' does no meta-training: trainer.iters={tr.iters} is not used")
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

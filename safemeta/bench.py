@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safemeta.config.loader import load_config, nest, read_yaml, resolve_config
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
+from safemeta.trainer import planned_iterations
 
 GRID_KEYS = {"out", "algos", "inners", "envs", "seeds", "set"}
 
@@ -90,10 +91,7 @@ def is_finished(run_dir: Path, cfg: Config) -> bool:
         done = json.loads(report.read_text()).get("iteration")
     except json.JSONDecodeError:
         return False
-    from safemeta import registry
-
-    target = cfg.trainer.iters if registry.outer.get(cfg.outer).needs_rollouts else 0
-    return done == target
+    return done == planned_iterations(cfg)
 
 
 def run_grid(path: str | Path) -> int:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from safemeta import registry
 from safemeta.config.loader import load_config
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
 from safemeta.stats import Estimate, bootstrap, iqm
 from safemeta.tracking import atomic_write_text
+from safemeta.trainer import planned_iterations
 
 
 @dataclass
@@ -115,7 +115,7 @@ def _budget(methods: list[Method]) -> list[str]:
     for m in methods:
         for r in m.runs:
             t, e = r.cfg.trainer, r.cfg.eval
-            trains = registry.outer.get(r.cfg.outer).needs_rollouts
+            trains = planned_iterations(r.cfg) > 0
             meta = (f"{t.iters} meta-iterations x {t.tasks_per_iter} tasks x K={t.adapt_steps} inner steps, "
                     f"{t.envs_per_task} envs x {t.episodes_per_env} episodes per task and step" if trains
                     else "no meta-training")

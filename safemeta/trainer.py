@@ -32,6 +32,12 @@ from safemeta.evaluation import MetaTestSpec, meta_test
 from safemeta.model import MetaParams, build_modules, init_meta_params, stacked_theta
 
 
+def planned_iterations(cfg: Config) -> int:
+    """Meta-iterations a run of ``cfg`` performs: 0 for an outer updater that does no meta-training
+    (``needs_rollouts`` false, e.g. the ``random`` preset), else ``trainer.iters``."""
+    return cfg.trainer.iters if registry.outer.get(cfg.outer).needs_rollouts else 0
+
+
 class MetaTrainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
