@@ -7,6 +7,10 @@
 Every step uses fresh rollouts of the *current* local policy (unlike the Meta-CPO reference code,
 which reused the meta-policy's first samples). With ``differentiable=True`` the returned parameters
 keep the graph to theta_0.
+
+`replay` re-runs the K inner steps from other initial parameters on the *stored* batches (their
+importance-weighted surrogates): the post-adaptation objective as a deterministic function of theta,
+which a meta line search evaluates and finite differences check the meta-gradient against.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ class AdaptationResult:
     state: State  # the inner solver's state after the K steps
     critics: CriticParams
     infos: list[dict[str, Tensor]] = field(default_factory=list)
+    initial_state: State | None = None  # the inner solver's state before the first step
 
     @property
     def env_steps(self) -> int:
@@ -53,6 +58,7 @@ class Adapter:
               episodes_per_env: int, gen: torch.Generator, final_rollout: bool = True,
               differentiable: bool = False) -> AdaptationResult:
         params, batches, infos, all_params = init, [], [], [init]
+        initial_state = {k: v.clone() for k, v in state.items()}
         for _ in range(steps):
             batch, critic_params = self.rollout(params, venv, critic_params, episodes_per_env, gen)
             params, state, info = self.inner.step(params, batch, state, differentiable=differentiable)
@@ -62,4 +68,17 @@ class Adapter:
         if final_rollout:
             batch, critic_params = self.rollout(params, venv, critic_params, episodes_per_env, gen)
             batches.append(batch)
-        return AdaptationResult(all_params, batches, state, critic_params, infos)
+        return AdaptationResult(all_params, batches, state, critic_params, infos, initial_state)
+
+
+def replay(inner: InnerSolver, init: Params, batches: list[Batch], state: State,
+           differentiable: bool = False) -> Params:
+    """theta_K from ``init`` by one inner step on each of ``batches`` in turn (no new rollouts); the
+    steps use autograd, so this runs with gradients enabled even when called under ``no_grad``."""
+    params = init
+    with torch.enable_grad():
+        for batch in batches:
+            params, state, _ = inner.step(params, batch, state, differentiable=differentiable)
+    if not differentiable:
+        params = {k: v.detach() for k, v in params.items()}
+    return params

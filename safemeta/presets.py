@@ -2,7 +2,8 @@
 
 Built-in presets are the files ``configs/algos/<name>.yaml``; a preset fixes the outer updater, the
 default inner solver and tuned hyperparameters, and may carry settings for several inner solvers
-under ``inner_cfg`` so that ``--inner`` can swap them. Plugins register more with `register_preset`.
+under ``inner_cfg`` so that ``--inner`` can swap them. Settings for one family go in
+``configs/algos/<name>/<env>.yaml`` next to it. Plugins register more with `register_preset`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ class Preset:
     def settings(self) -> dict:
         data = read_yaml(self.source, f"preset file of algo '{self.name}'")
         return {"algo": self.name, **data}
+
+    def family_file(self, env: str) -> Path:
+        """``<preset dir>/<name>/<env>.yaml``: this preset's settings for one family (may not exist)."""
+        return Path(self.source).parent / self.name / f"{env}.yaml"
 
 
 def register_preset(name: str, yaml_path: str | Path, description: str = "") -> Preset:

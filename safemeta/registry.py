@@ -98,6 +98,7 @@ _BUILTIN_MODULES = (
     "safemeta.algorithms.outer.fomaml",
     "safemeta.algorithms.outer.pooled",
     "safemeta.algorithms.outer.no_meta",
+    "safemeta.algorithms.outer.dco_cpo",
     "safemeta.envs.tiny_nav",
     "safemeta.envs.circle",
     "safemeta.envs.button",

@@ -71,14 +71,27 @@ class InnerSolver(ABC):
         """The per-task objective an outer updater differentiates after adaptation."""
         return self.surrogate(params, batch, self.advantages(batch, state).detach())
 
-    def mean_kl(self, old: Params, new: Params, batch: Batch) -> Tensor:
-        """Mean over visited states of KL(pi_old(.|s) || pi_new(.|s)), per task ``[N]``."""
+    def mean_kl(self, old: Params, new: Params, batch: Batch, detach_old: bool = True) -> Tensor:
+        """Mean over visited states of KL(pi_old(.|s) || pi_new(.|s)), per task ``[N]``.
+
+        ``detach_old=False`` keeps the graph through ``old`` too: the Fisher matrix of a differentiable
+        step then depends on the local parameters through both arguments, as it truly does.
+        """
         n, t, e = batch.logp.shape
         obs = batch.obs.reshape(n, t * e, -1)
-        with torch.no_grad():
+        with torch.set_grad_enabled(not detach_old and torch.is_grad_enabled()):
             m0, s0 = self.actor_fn(old, obs)
         m1, s1 = self.actor_fn(new, obs)
         return gaussian_kl(m0, s0, m1, s1).mean(dim=1)
+
+
+def episode_cost_advantages(batch: Batch) -> Tensor:
+    """Centered cost advantages scaled by env steps per finished episode, ``[N, T, E]``.
+
+    With them the surrogate E[ratio * A_C] and its gradient are changes of the per-episode cost J_C,
+    in the units of the constraint value b = J_C - d (CPO eq. 3; Meta-CPO eq. 10's G)."""
+    steps_per_episode = batch.rew[0].numel() / batch.ep_count.clamp(min=1)
+    return normalize(batch.adv_c, center_only=True) * steps_per_episode.reshape(-1, 1, 1)
 
 
 def normalize(x: Tensor, center_only: bool = False, eps: float = 1e-8) -> Tensor:

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from safemeta.algorithms.inner.base import InnerSolver, State, normalize
+from safemeta.algorithms.inner.base import InnerSolver, State, episode_cost_advantages, normalize
 from safemeta.algorithms.inner.cpo_backends import solve_with_backend
 from safemeta.algorithms.inner.cpo_step import solve_cpo
 from safemeta.algorithms.inner.natural_gradient import (backtracking_line_search, conjugate_gradient,
@@ -65,8 +65,7 @@ class CPO(InnerSolver):
         return normalize(batch.adv_r)
 
     def cost_advantages(self, batch: Batch) -> Tensor:
-        steps_per_episode = batch.rew[0].numel() / batch.ep_count.clamp(min=1)
-        return normalize(batch.adv_c, center_only=True) * steps_per_episode.reshape(-1, 1, 1)
+        return episode_cost_advantages(batch)
 
     def step(self, params: Params, batch: Batch, state: State, differentiable: bool = False
              ) -> tuple[Params, State, dict[str, Tensor]]:
@@ -77,10 +76,12 @@ class CPO(InnerSolver):
         surr_r, surr_c = self.surrogate(p, batch, adv_r), self.surrogate(p, batch, adv_c)
         g = flat_grad(surr_r.sum(), p, create_graph=differentiable, retain_graph=True)
         a = flat_grad(surr_c.sum(), p, create_graph=differentiable, retain_graph=differentiable)
-        b = (batch.ep_cost - state["cost_limit"]).to(g.dtype)
+        # b(phi) = J_C - d + L_C(phi): its value is J_C - d at the sampling policy (the centered surrogate is
+        # 0 there) and its gradient is a, so a differentiable step sees how b moves with the local parameters
+        b = (batch.ep_cost - state["cost_limit"]).to(g.dtype) + (surr_c if differentiable else surr_c.detach())
         if cfg.metric == "fisher":
-            fvp = fisher_vector_product(lambda q: self.mean_kl(old, q, batch), p, cfg.cg_damping,
-                                        create_graph=differentiable)
+            fvp = fisher_vector_product(lambda q: self.mean_kl(p, q, batch, detach_old=not differentiable), p,
+                                        cfg.cg_damping, create_graph=differentiable)
             hinv_g, hinv_a = conjugate_gradient(fvp, g, cfg.cg_iters), conjugate_gradient(fvp, a, cfg.cg_iters)
         else:
             hinv_g, hinv_a = g, a

@@ -27,12 +27,15 @@ def flat_grad(value: Tensor, params: Params, create_graph: bool = False, retain_
 
 def fisher_vector_product(kl_fn: Callable[[Params], Tensor], params: Params, damping: float,
                           create_graph: bool = False) -> Callable[[Tensor], Tensor]:
-    """``v[N,P] -> F v`` with F the Hessian of the per-task mean KL at ``params``.
+    """``v[N,P] -> F v`` with F the Hessian in q of the per-task mean KL ``kl_fn(q)`` at q = ``params``.
 
     With ``create_graph`` the products keep their graph to ``params`` (F depends on theta), for
-    differentiating through a natural-gradient step; ``kl_fn`` must then detach its reference policy.
+    differentiating through a natural-gradient step: q is then a copy of ``params`` inside the graph,
+    so the Hessian is taken in q alone while ``kl_fn`` may keep its reference policy attached to
+    ``params`` (F(phi) = d^2/dq^2 KL(pi_phi || pi_q) at q = phi depends on phi through both).
     """
-    p = params if create_graph else {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    p = {k: v.clone() for k, v in params.items()} if create_graph else \
+        {k: v.detach().requires_grad_(True) for k, v in params.items()}
     grad_kl = flat_grad(kl_fn(p).sum(), p, create_graph=True)
 
     def fvp(v: Tensor) -> Tensor:

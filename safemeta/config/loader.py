@@ -1,4 +1,9 @@
-"""Layered configuration: defaults -> preset -> env overlay -> ``--config FILE`` -> flags -> ``--set``.
+"""Layered configuration: defaults -> env overlay -> preset -> the preset's file for the env ->
+``--config FILE`` -> flags -> ``--set``.
+
+The env overlay (``configs/envs/<env>.yaml``) gives a family's budget; the preset
+(``configs/algos/<algo>.yaml``) a method's settings, which win over it (Meta-CPO's K = 5 local steps);
+``configs/algos/<algo>/<env>.yaml``, when present, the method's settings for that family.
 
 Each layer is a nested dict with a source name (a file path, "--set" or "command line"). Merging
 records which source set each key, so a validation error names the key, the file it came from and
@@ -252,11 +257,15 @@ def resolve_config(user_layers: list[Layer]) -> Config:
     defaults: Layer = (str(CONFIG_DIR / "defaults.yaml"), read_yaml(str(CONFIG_DIR / "defaults.yaml")))
     first, _ = merge([defaults, *user_layers])
     preset = registry.algo.get(str(first.get("algo")))
-    layers = [defaults, (preset.source, preset.settings())]
-    second, _ = merge([*layers, *user_layers])
-    env_overlay = CONFIG_DIR / "envs" / f"{second.get('env')}.yaml"
-    if env_overlay.is_file():
-        layers.append((str(env_overlay), read_yaml(str(env_overlay))))
+    preset_layer = (preset.source, preset.settings())
+    second, _ = merge([defaults, preset_layer, *user_layers])
+    env = str(second.get("env"))
+    layers = [defaults]
+    for overlay in (CONFIG_DIR / "envs" / f"{env}.yaml", None, preset.family_file(env)):
+        if overlay is None:
+            layers.append(preset_layer)
+        elif Path(str(overlay)).is_file():
+            layers.append((str(overlay), read_yaml(str(overlay))))
     names, _ = merge([*layers, *user_layers])
     extra = [(src, {f"{key}_cfg": {names.get(key): settings}}) for src, key, settings in sections]
     data, source = merge([*layers, *user_layers, *extra])
