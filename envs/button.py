@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from safemeta.config.schema import spec
-from safemeta.envs.planar import LIDAR_BINS, PROPRIO_DIM, Robot, inside_any, pad_objects, place_objects, point_lidar
+from safemeta.envs.planar import LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, lidar_hits, pad_objects, place_objects
 from safemeta.registry import register_env
 from safemeta.task import IntRange, Range, Task, TaskFamily, draw
 from safemeta.vec_cmdp import BatchedCMDP
@@ -34,11 +34,16 @@ class ButtonEnv(BatchedCMDP):
         super().__init__(len(buttons), envs_per_task, cfg.horizon, device, seed)
         self.cfg = cfg
         self.buttons, self.button_mask = pad_objects(buttons, envs_per_task, self.device)
-        self.hazards, self.hazard_mask = pad_objects(hazards, envs_per_task, self.device)
+        hazards, hazard_mask = pad_objects(hazards, envs_per_task, self.device)
         self.n_buttons = self.button_mask.sum(1)
         self.goal = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         self.robot = Robot("point", self.num_envs, self.device)
         self.rows = torch.arange(self.num_envs, device=self.device)
+        # observation: proprio | goal-button lidar | button lidar | hazard lidar; the goal button's reading
+        # is gathered from the button group's (the goal changes within an episode, the buttons do not)
+        self.objects = PointObjects([(self.buttons, self.button_mask, PROPRIO_DIM + LIDAR_BINS),
+                                     (hazards, hazard_mask, PROPRIO_DIM + 2 * LIDAR_BINS)])
+        self.button_cols, self.hazard_cols = self.objects.slices
 
     def _new_goal(self, mask: Tensor, avoid: Tensor | None = None) -> None:
         u = torch.rand(self.num_envs, generator=self.gen, device=self.device)
@@ -60,21 +65,26 @@ class ButtonEnv(BatchedCMDP):
 
     def _observe(self) -> Tensor:
         r = self.robot
-        goal = self.goal_pos().unsqueeze(1)
-        return torch.cat([r.proprio(), point_lidar(r.pos, r.heading, goal, torch.ones_like(goal[..., 0], dtype=torch.bool)),
-                          point_lidar(r.pos, r.heading, self.buttons, self.button_mask),
-                          point_lidar(r.pos, r.heading, self.hazards, self.hazard_mask)], dim=-1)
+        bins, value = lidar_hits(*self.objects.scan(r.pos), r.heading)
+        obs = torch.zeros(self.num_envs, self.obs_dim, device=self.device)
+        obs.scatter_reduce_(1, bins + self.objects.column, value, reduce="amax")
+        goal, buttons = self.goal.unsqueeze(1), self.button_cols
+        obs.scatter_(1, bins[:, buttons].gather(1, goal) + PROPRIO_DIM, value[:, buttons].gather(1, goal))
+        obs[:, :PROPRIO_DIM] = r.proprio()
+        return obs
+
+    def _goal_distance(self) -> Tensor:
+        return self.objects.scan(self.robot.pos)[2][:, self.button_cols].gather(1, self.goal.unsqueeze(1)).squeeze(1)
 
     def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        before = (self.goal_pos() - self.robot.pos).norm(dim=-1)
+        before = self._goal_distance()
         self.robot.step(act)
-        pos = self.robot.pos
-        reward = before - (self.goal_pos() - pos).norm(dim=-1)
-        dist = (self.buttons - pos.unsqueeze(1)).norm(dim=-1)
-        touching = (dist < self.cfg.touch_radius) & self.button_mask
-        is_goal = torch.zeros_like(touching).scatter(1, self.goal.unsqueeze(1), True)
-        reached = (touching & is_goal).any(1)
-        cost = (touching & ~is_goal).any(1).float() + inside_any(pos, self.hazards, self.hazard_mask, self.cfg.hazard_radius).float()
+        dist = self.objects.scan(self.robot.pos)[2]  # shared with this step's observation
+        reward = before - self._goal_distance()
+        touching = dist[:, self.button_cols] < self.cfg.touch_radius
+        reached = touching.gather(1, self.goal.unsqueeze(1)).squeeze(1)
+        wrong = touching.scatter(1, self.goal.unsqueeze(1), False).any(1)
+        cost = wrong.float() + (dist[:, self.hazard_cols] < self.cfg.hazard_radius).any(1).float()
         reward = reward + reached.float() * self.cfg.goal_bonus
         if bool(reached.any()):
             self._new_goal(reached, avoid=self.goal)

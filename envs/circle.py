@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from safemeta.config.schema import spec
-from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, Robot, inside_any, pad_objects, place_objects,
-                                  point_lidar, wall_lidar)
+from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, pad_objects, place_objects,
+                                  wall_lidar)
 from safemeta.registry import register_env
 from safemeta.task import IntRange, Range, Task, TaskFamily, draw
 from safemeta.vec_cmdp import BatchedCMDP
@@ -34,14 +34,18 @@ class CircleEnv(BatchedCMDP):
         rep = lambda x: x.to(self.device).repeat_interleave(envs_per_task, 0)  # noqa: E731
         self.r_c, self.wall = rep(r_c), rep(wall)
         self.with_hazards = bool(hazards)
-        self.hazards, self.hazard_mask = pad_objects(hazards or [np.zeros((0, 2))] * self.n_tasks, envs_per_task, self.device)
         self.hazard_radius = hazard_radius
         self.spawn = spawn
         self.robot = Robot(robot, self.num_envs, self.device)
-        self.centre = torch.zeros(self.num_envs, 1, 2, device=self.device)
-        self.centre_mask = torch.ones(self.num_envs, 1, dtype=torch.bool, device=self.device)
         self.obs_dim = PROPRIO_DIM + LIDAR_BINS * (3 if self.with_hazards else 2)
         self.act_dim = 2
+        # observation: proprio | centre lidar | wall lidar | hazard lidar
+        self.wall_cols = slice(PROPRIO_DIM + LIDAR_BINS, PROPRIO_DIM + 2 * LIDAR_BINS)
+        centre = torch.zeros(self.num_envs, 1, 2, device=self.device)
+        groups = [(centre, torch.ones(self.num_envs, 1, dtype=torch.bool, device=self.device), PROPRIO_DIM)]
+        if self.with_hazards:
+            groups.append((*pad_objects(hazards, envs_per_task, self.device), PROPRIO_DIM + 2 * LIDAR_BINS))
+        self.objects = PointObjects(groups)
 
     def _reset_envs(self, mask: Tensor) -> None:
         u = torch.rand(self.num_envs, 3, generator=self.gen, device=self.device)
@@ -50,11 +54,10 @@ class CircleEnv(BatchedCMDP):
 
     def _observe(self) -> Tensor:
         r = self.robot
-        parts = [r.proprio(), point_lidar(r.pos, r.heading, self.centre, self.centre_mask),
-                 wall_lidar(r.pos, r.heading, self.wall)]
-        if self.with_hazards:
-            parts.append(point_lidar(r.pos, r.heading, self.hazards, self.hazard_mask))
-        return torch.cat(parts, dim=-1)
+        obs = self.objects.lidar(r.pos, r.heading, self.obs_dim)
+        obs[:, :PROPRIO_DIM] = r.proprio()
+        obs[:, self.wall_cols] = wall_lidar(r.pos, r.heading, self.wall, direction=r.direction())
+        return obs
 
     def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         self.robot.step(act)
@@ -64,7 +67,8 @@ class CircleEnv(BatchedCMDP):
         reward = tangential / (1 + (radius - self.r_c).abs())
         cost = (pos[:, 0].abs() >= self.wall).float()
         if self.with_hazards:
-            cost = cost + inside_any(pos, self.hazards, self.hazard_mask, self.hazard_radius).float()
+            dist = self.objects.scan(pos)[2][:, self.objects.slices[1]]  # reused by this step's observation
+            cost = cost + (dist < self.hazard_radius).any(dim=1).float()
         return reward, cost, torch.zeros_like(cost, dtype=torch.bool)
 
 

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from safemeta.config.schema import spec
-from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, Robot, inside_any, pad_objects, place_objects,
-                                  point_lidar, push_out_of_disks)
+from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, pad_objects, place_objects,
+                                  push_out_of_disks, relative)
 from safemeta.registry import register_env
 from safemeta.errors import UserError
 from safemeta.task import IntRange, Range, Task, TaskFamily, draw
@@ -39,10 +39,15 @@ class GoalEnv(BatchedCMDP):
         rep = lambda key: torch.as_tensor(np.stack([l[key] for l in layouts]), dtype=torch.float32,  # noqa: E731,E741
                                           device=self.device).repeat_interleave(envs_per_task, 0)
         self.start, self.start_heading, self.goal = rep("start"), rep("heading"), rep("goal")
-        self.hazards, self.hazard_mask = pad_objects([l["hazards"] for l in layouts], envs_per_task, self.device)  # noqa: E741
-        self.pillars, self.pillar_mask = pad_objects([l["pillars"] for l in layouts], envs_per_task, self.device)  # noqa: E741
-        self.goal_mask = torch.ones(self.num_envs, 1, dtype=torch.bool, device=self.device)
+        hazards = pad_objects([l["hazards"] for l in layouts], envs_per_task, self.device)  # noqa: E741
+        pillars = pad_objects([l["pillars"] for l in layouts], envs_per_task, self.device)  # noqa: E741
+        goal_mask = torch.ones(self.num_envs, 1, dtype=torch.bool, device=self.device)
         self.robot = Robot("point", self.num_envs, self.device)
+        # observation: proprio | goal lidar | hazard lidar | pillar lidar
+        self.objects = PointObjects([(self.goal.unsqueeze(1), goal_mask, PROPRIO_DIM),
+                                     (*hazards, PROPRIO_DIM + LIDAR_BINS), (*pillars, PROPRIO_DIM + 2 * LIDAR_BINS)])
+        _, self.hazard_cols, pillars = self.objects.slices
+        self.pillar_x, self.pillar_y = self.objects.x[:, pillars].contiguous(), self.objects.y[:, pillars].contiguous()
 
     def _reset_envs(self, mask: Tensor) -> None:
         u = torch.rand(self.num_envs, 3, generator=self.gen, device=self.device)
@@ -50,19 +55,21 @@ class GoalEnv(BatchedCMDP):
 
     def _observe(self) -> Tensor:
         r = self.robot
-        return torch.cat([r.proprio(), point_lidar(r.pos, r.heading, self.goal.unsqueeze(1), self.goal_mask),
-                          point_lidar(r.pos, r.heading, self.hazards, self.hazard_mask),
-                          point_lidar(r.pos, r.heading, self.pillars, self.pillar_mask)], dim=-1)
+        obs = self.objects.lidar(r.pos, r.heading, self.obs_dim)
+        obs[:, :PROPRIO_DIM] = r.proprio()
+        return obs
 
     def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        before = (self.goal - self.robot.pos).norm(dim=-1)
+        before = self.objects.scan(self.robot.pos)[2][:, 0]
         self.robot.step(act)
-        self.robot.pos, contact = push_out_of_disks(self.robot.pos, self.pillars, self.pillar_mask,
+        pos = self.robot.pos
+        self.robot.pos, contact = push_out_of_disks(pos, *relative(pos, self.pillar_x, self.pillar_y),
                                                     self.cfg.pillar_radius + self.cfg.robot_radius)
-        after = (self.goal - self.robot.pos).norm(dim=-1)
+        dist = self.objects.scan(self.robot.pos)[2]  # shared with this step's observation
+        after = dist[:, 0]
         reached = after < self.cfg.goal_radius
         reward = before - after + reached.float() * self.cfg.goal_bonus
-        cost = contact.float() + inside_any(self.robot.pos, self.hazards, self.hazard_mask, self.cfg.hazard_radius).float()
+        cost = contact.float() + (dist[:, self.hazard_cols] < self.cfg.hazard_radius).any(1).float()
         return reward, cost, reached
 
 

@@ -29,21 +29,33 @@ class Collector:
         steps = episodes_per_env * venv.horizon
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         obs = venv.reset(seed)
-        buf: dict[str, list] = {k: [] for k in ("obs", "act", "logp", "rew", "cost", "term", "trunc", "next_obs")}
-        ep_ret = torch.zeros(n * e)
-        ep_cost = torch.zeros(n * e)
-        sum_ret, sum_cost, count = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+        buf: dict[str, torch.Tensor] = {}
+
+        def put(name: str, t: int, v: torch.Tensor) -> None:
+            """Write step t of a ``[N*E, ...]`` field straight into its ``[N, T, E, ...]`` buffer (allocated on
+            first use): no per-step list of tensors to stack and transpose at the end."""
+            v = v.reshape(n, e, *v.shape[1:])
+            if name not in buf:
+                buf[name] = torch.empty((n, steps, e, *v.shape[2:]), dtype=v.dtype, device=v.device)
+            buf[name][:, t] = v
+
+        ep_ret = torch.zeros(n * e, device=obs.device)
+        ep_cost = torch.zeros(n * e, device=obs.device)
+        sum_ret, sum_cost, count = (torch.zeros(n, device=obs.device) for _ in range(3))
         params = {k: v.detach() for k, v in params.items()}
-        for _ in range(steps):
+        for t in range(steps):
             mean, log_std = self.actor_fn(params, obs.reshape(n, e, -1))
-            std = log_std.exp()
             noise = torch.randn(mean.shape, generator=gen)
-            act = mean + std * noise
+            act = mean + log_std.exp() * noise
             logp = (-0.5 * noise.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
             nxt, rew, cost, term, trunc, info = venv.step(act.reshape(n * e, -1))
-            done = term | trunc
+            for k, v in (("obs", obs), ("act", act.reshape(n * e, -1)), ("logp", logp.reshape(n * e)),
+                         ("rew", rew), ("cost", cost), ("term", term), ("trunc", trunc),
+                         ("next_obs", info["final_obs"])):
+                put(k, t, v)
             ep_ret += rew
             ep_cost += cost
+            done = term | trunc
             if bool(done.any()):
                 d = done.reshape(n, e).float()
                 sum_ret += (ep_ret.reshape(n, e) * d).sum(1)
@@ -51,18 +63,9 @@ class Collector:
                 count += d.sum(1)
                 ep_ret = ep_ret * (~done)
                 ep_cost = ep_cost * (~done)
-            for k, v in (("obs", obs), ("act", act.reshape(n * e, -1)), ("logp", logp.reshape(n * e)),
-                         ("rew", rew), ("cost", cost), ("term", term), ("trunc", trunc),
-                         ("next_obs", info["final_obs"])):
-                buf[k].append(v)
             obs = nxt
 
-        def stacked(name: str) -> torch.Tensor:  # [T, N*E, ...] -> [N, T, E, ...]
-            x = torch.stack(buf[name])
-            return x.reshape(steps, n, e, *x.shape[2:]).transpose(0, 1).contiguous()
-
         denom = count.clamp(min=1)
-        return Batch(obs=stacked("obs"), act=stacked("act"), logp=stacked("logp"), rew=stacked("rew"),
-                     cost=stacked("cost"), terminated=stacked("term"), truncated=stacked("trunc"),
-                     next_obs=stacked("next_obs"), ep_return=sum_ret / denom, ep_cost=sum_cost / denom,
-                     ep_count=count)
+        return Batch(obs=buf["obs"], act=buf["act"], logp=buf["logp"], rew=buf["rew"], cost=buf["cost"],
+                     terminated=buf["term"], truncated=buf["trunc"], next_obs=buf["next_obs"],
+                     ep_return=sum_ret / denom, ep_cost=sum_cost / denom, ep_count=count)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from safemeta.envs.planar import LIDAR_BINS, point_lidar, wall_lidar
+from safemeta.envs.planar import LIDAR_BINS, PROPRIO_DIM, pad_objects, point_lidar, wall_lidar
 from safemeta.registry import env as env_registry
 from safemeta.task import Task, split_ranges
 
@@ -150,6 +150,42 @@ def test_wall_lidar_matches_hand_computation():
     phi = (torch.arange(LIDAR_BINS) + 0.5) * 2 * math.pi / LIDAR_BINS
     dist = torch.where(phi.cos() > 0, (1.0 - 0.2) / phi.cos(), (-1.0 - 0.2) / phi.cos())
     torch.testing.assert_close(out[0], torch.exp(-dist))
+
+
+def _lidar_groups(name, fam, tasks, venv):
+    """(index in the observation, objects [B, M, 2], mask [B, M]) of each point-object lidar group."""
+    def pad(per_task):
+        return pad_objects([np.asarray(x, dtype=np.float32).reshape(-1, 2) for x in per_task], venv.envs_per_task,
+                           torch.device("cpu"))
+
+    if name == "car-circle-hazard":  # centre | walls | hazards
+        return [(0, *pad([np.zeros(2)] * len(tasks))), (2, *pad([fam.hazards(t.params) for t in tasks]))]
+    if name == "point-button":  # goal button | buttons | hazards
+        buttons, hazards = zip(*(fam.layout(t) for t in tasks))
+        objects, mask = pad(buttons)
+        goal = objects[torch.arange(venv.num_envs), venv.goal].unsqueeze(1)
+        return [(0, goal, torch.ones(venv.num_envs, 1, dtype=torch.bool)), (1, objects, mask), (2, *pad(hazards))]
+    layouts = [fam.layout(t) for t in tasks]  # point-goal: goal | hazards | pillars
+    return [(g, *pad([lay[key] for lay in layouts])) for g, key in enumerate(("goal", "hazards", "pillars"))]
+
+
+@pytest.mark.parametrize("name", ["car-circle-hazard", "point-button", "point-goal"])
+def test_fused_lidar_matches_one_lidar_per_group(name):
+    """The families compute all their point-object lidars in one pass (`PointObjects`); each group's
+    columns must equal `point_lidar` of that group alone."""
+    fam = family(name)
+    tasks = fam.sample(3, "train", np.random.default_rng(2))
+    venv = fam.make(tasks, 4, seed=0)
+    venv.reset(1)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        obs = venv.step(torch.rand(12, 2, generator=gen) * 2 - 1)[0]
+    pos, heading = venv.robot.pos, venv.robot.heading
+    cols = lambda g: slice(PROPRIO_DIM + g * LIDAR_BINS, PROPRIO_DIM + (g + 1) * LIDAR_BINS)  # noqa: E731
+    for g, objects, mask in _lidar_groups(name, fam, tasks, venv):
+        torch.testing.assert_close(obs[:, cols(g)], point_lidar(pos, heading, objects, mask))
+    if name == "car-circle-hazard":
+        torch.testing.assert_close(obs[:, cols(1)], wall_lidar(pos, heading, venv.wall))
 
 
 def test_tighter_walls_cost_a_fixed_heuristic_policy_more():
