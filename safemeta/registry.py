@@ -99,6 +99,7 @@ _BUILTIN_MODULES = (
     "safemeta.algorithms.outer.pooled",
     "safemeta.algorithms.outer.no_meta",
     "safemeta.algorithms.outer.dco_cpo",
+    "safemeta.algorithms.outer.fomaml_safe",
     "safemeta.envs.tiny_nav",
     "safemeta.envs.circle",
     "safemeta.envs.button",

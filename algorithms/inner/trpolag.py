@@ -43,5 +43,10 @@ class TRPOLag(TrustRegionSolver):
         return {**state, "lagrange": lagrange}
 
     def advantages(self, batch: Batch, state: State) -> Tensor:
-        lam = state["lagrange"].reshape(-1, 1, 1)
-        return (normalize(batch.adv_r) - lam * normalize(batch.adv_c, center_only=True)) / (1 + lam)
+        return lagrangian_advantages(batch, state["lagrange"])
+
+
+def lagrangian_advantages(batch: Batch, lagrange: Tensor) -> Tensor:
+    """(A_R - lambda A_C) / (1 + lambda) per task, A_R standardized and A_C centered; ``lagrange`` ``[N]``."""
+    lam = lagrange.reshape(-1, 1, 1)
+    return (normalize(batch.adv_r) - lam * normalize(batch.adv_c, center_only=True)) / (1 + lam)

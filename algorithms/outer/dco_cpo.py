@@ -48,8 +48,8 @@ from torch import Tensor
 from safemeta.adaptation import AdaptationResult, replay
 from safemeta.algorithms.inner.base import InnerSolver, State, episode_cost_advantages
 from safemeta.algorithms.inner.cpo_step import solve_cpo
-from safemeta.algorithms.inner.natural_gradient import conjugate_gradient, fisher_vector_product
 from safemeta.algorithms.outer.base import OuterUpdater
+from safemeta.algorithms.outer.meta_optimizer import meta_fisher_solve
 from safemeta.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.params import Params, add, flat, stack, unflat
@@ -115,8 +115,8 @@ class DCOCPO(OuterUpdater):
         theta1 = {k: v.detach().unsqueeze(0) for k, v in theta.items()}
         meta_batch = result.batches[0].pooled()  # the meta-policy's own rollouts, all tasks as one
         if cfg.metric == "fisher":
-            fvp = fisher_vector_product(lambda q: inner.mean_kl(theta1, q, meta_batch), theta1, cfg.cg_damping)
-            hinv_f, hinv_g = conjugate_gradient(fvp, grad_f, cfg.cg_iters), conjugate_gradient(fvp, grad_g, cfg.cg_iters)
+            solve = meta_fisher_solve(inner, theta1, meta_batch, cfg.cg_damping, cfg.cg_iters)
+            hinv_f, hinv_g = solve(grad_f), solve(grad_g)
         else:
             hinv_f, hinv_g = grad_f, grad_g
         b = g_val.reshape(1)

@@ -1,11 +1,17 @@
-"""The optimizer that applies a meta-gradient to theta (SGD or Adam with the meta learning rate)."""
+"""Applying a meta-gradient to theta: SGD or Adam with the meta learning rate, or a trust-region step
+in the meta-policy's Fisher metric (measured on its own rollouts, all tasks pooled)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import Tensor
 
+from safemeta.algorithms.inner.base import InnerSolver
+from safemeta.algorithms.inner.natural_gradient import conjugate_gradient, fisher_vector_product
+from safemeta.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.params import Params
 
@@ -28,3 +34,11 @@ def ascend(opt: torch.optim.Optimizer, theta: Params, grad: Params) -> float:
         p.grad = -grad[k].detach().clone()
     opt.step()
     return float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grad.values())))
+
+
+def meta_fisher_solve(inner: InnerSolver, theta1: Params, meta_batch: Batch, damping: float, cg_iters: int
+                      ) -> Callable[[Tensor], Tensor]:
+    """``v[1,P] -> H^-1 v`` with H the Fisher matrix of pi_theta (``theta1`` stacked ``[1, ...]``) on the
+    states of ``meta_batch`` (a one-task batch, e.g. the meta-policy's rollouts pooled), by conjugate gradient."""
+    fvp = fisher_vector_product(lambda q: inner.mean_kl(theta1, q, meta_batch), theta1, damping)
+    return lambda v: conjugate_gradient(fvp, v, cg_iters)
