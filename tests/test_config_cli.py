@@ -125,3 +125,15 @@ def test_list_envs_shows_split_ranges():
     out = " ".join(r.stdout.split())
     assert "point-circle" in out and "r_c in [1, 1.5]" in out and "r_c in [2, 2.5]" in out
     assert "trpolag" not in out  # only the env registry
+
+
+def test_preset_wins_over_the_env_overlay_and_its_family_file_over_both(make_config):
+    """defaults -> env overlay -> preset -> configs/algos/<algo>/<env>.yaml -> user layers."""
+    import safemeta
+
+    cfg = safemeta.resolve_config([("t", {"algo": "meta_cpo", "env": "point-circle"})])
+    assert cfg.trainer.adapt_steps == 5 and cfg.trainer.tasks_per_iter == 5  # preset over the overlay's K = 1
+    assert cfg.eval.adapt_steps == 5 and cfg.policy.hidden_sizes == (32, 16)  # the preset's point-circle file
+    assert cfg.trainer.envs_per_task == 4  # the overlay where the preset is silent
+    cfg = safemeta.resolve_config([("t", {"algo": "meta_cpo", "env": "point-circle", "eval": {"adapt_steps": 2}})])
+    assert cfg.eval.adapt_steps == 2  # the user over everything

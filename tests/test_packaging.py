@@ -21,7 +21,8 @@ def test_wheel_contains_mapped_packages_and_yaml(tmp_path):
     assert r.returncode == 0, r.stderr
     names = zipfile.ZipFile(next(tmp_path.glob("safemeta-*.whl"))).namelist()
     for must in ("safemeta/algorithms/inner/trpolag.py", "safemeta/envs/tiny_nav.py", "safemeta/configs/defaults.yaml",
-                 "safemeta/configs/algos/pretrained.yaml", "safemeta/configs/envs/tiny-nav.yaml", "safemeta/cli.py"):
+                 "safemeta/configs/algos/pretrained.yaml", "safemeta/configs/envs/tiny-nav.yaml", "safemeta/cli.py",
+                 "safemeta/configs/algos/meta_cpo/point-circle.yaml"):
         assert must in names, must
     assert not any(n.startswith(("algorithms/", "envs/", "tests/")) for n in names)
     entry = [n for n in names if n.endswith("entry_points.txt")]
