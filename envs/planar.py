@@ -171,26 +171,27 @@ def point_lidar(pos: Tensor, heading: Tensor, objects: Tensor, mask: Tensor, gai
     return PointObjects([(objects, mask, 0)]).lidar(pos, heading, LIDAR_BINS, gain)
 
 
-_RAY = (torch.arange(LIDAR_BINS // 2, dtype=torch.float64) + 0.5) * (2 * math.pi / LIDAR_BINS)
-_RAY_COS, _RAY_SIN = _RAY.cos().float(), _RAY.sin().float()
+_RAY = (torch.arange(LIDAR_BINS, dtype=torch.float64) + 0.5) * (2 * math.pi / LIDAR_BINS)
+_RAY_ROTATION = torch.stack([_RAY.cos(), -_RAY.sin()]).float()  # [2, 16]: (cos h, sin h) -> cos(h + ray)
 
 
 def wall_lidar(pos: Tensor, heading: Tensor, half_width: Tensor, gain: float = 1.0,
                direction: Tensor | None = None) -> Tensor:
     """Ray lidar of the two vertical walls x = +-half_width[B] -> ``[B, 16]``.
 
-    Ray b points at heading + (b + 1/2) 2 pi / 16 and hits the wall on its side of x at distance
-    (w - sign(c) x) / |c| with c the ray's x-direction cosine. c comes from the heading's (cos, sin)
-    (``direction``, `Robot.direction`) by the angle-addition formula, and the second half of the rays
-    are the first half reversed (c -> -c): no trigonometry per ray.
+    Ray b points at heading + (b + 1/2) 2 pi / 16; with c its x-direction cosine it hits the wall on its
+    side at distance (w - sign(c) x) / |c| (0 inside the wall's cost region), and reads 0 when |c| <= 1e-6.
+    c comes from the heading's (cos, sin) (``direction``, `Robot.direction`) by the angle-addition formula
+    as one small matmul, and the masks are arithmetic (sign, clamp) rather than boolean + where: no
+    trigonometry per ray and few passes over ``[B, 16]``.
     """
     if direction is None:
         direction = torch.stack([torch.cos(heading), torch.sin(heading)], dim=-1)
-    half = direction[:, :1] * _RAY_COS.to(pos.device) - direction[:, 1:] * _RAY_SIN.to(pos.device)
-    c = torch.cat([half, -half], dim=1)
+    c = direction @ _RAY_ROTATION.to(pos.device)
     along = c.abs()
-    dist = ((half_width.unsqueeze(1) - pos[:, :1] * c.sign()) / along.clamp(min=1e-6)).clamp_(min=0.0)
-    return torch.where(along > 1e-6, torch.exp(-gain * dist), torch.zeros_like(dist))
+    hit = (along - 1e-6).sign_().clamp_(min=0.0)  # 1.0 where |c| > 1e-6, else 0.0
+    dist = (half_width.unsqueeze(1) - pos[:, :1] * c.sign()) / along.clamp_(min=1e-6)
+    return torch.exp(dist.clamp_(min=0.0).mul_(-gain)).mul_(hit)
 
 
 def push_out_of_disks(pos: Tensor, dx: Tensor, dy: Tensor, dist: Tensor, radius: float) -> tuple[Tensor, Tensor]:
