@@ -43,7 +43,7 @@ class ButtonEnv(BatchedCMDP):
         # is gathered from the button group's (the goal changes within an episode, the buttons do not)
         self.objects = PointObjects([(self.buttons, self.button_mask, PROPRIO_DIM + LIDAR_BINS),
                                      (hazards, hazard_mask, PROPRIO_DIM + 2 * LIDAR_BINS)])
-        self.button_cols, self.hazard_cols = self.objects.slices
+        self.button_cols = self.objects.slices[0]
 
     def _new_goal(self, mask: Tensor, avoid: Tensor | None = None) -> None:
         u = torch.rand(self.num_envs, generator=self.gen, device=self.device)
@@ -84,7 +84,7 @@ class ButtonEnv(BatchedCMDP):
         touching = dist[:, self.button_cols] < self.cfg.touch_radius
         reached = touching.gather(1, self.goal.unsqueeze(1)).squeeze(1)
         wrong = touching.scatter(1, self.goal.unsqueeze(1), False).any(1)
-        cost = wrong.float() + (dist[:, self.hazard_cols] < self.cfg.hazard_radius).any(1).float()
+        cost = wrong.float() + (self.objects.nearest(self.robot.pos, 1) < self.cfg.hazard_radius).float()
         reward = reward + reached.float() * self.cfg.goal_bonus
         if bool(reached.any()):
             self._new_goal(reached, avoid=self.goal)

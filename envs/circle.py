@@ -67,8 +67,7 @@ class CircleEnv(BatchedCMDP):
         reward = tangential / (1 + (radius - self.r_c).abs())
         cost = (pos[:, 0].abs() >= self.wall).float()
         if self.with_hazards:
-            dist = self.objects.scan(pos)[2][:, self.objects.slices[1]]  # reused by this step's observation
-            cost = cost + (dist < self.hazard_radius).any(dim=1).float()
+            cost = cost + (self.objects.nearest(pos, 1) < self.hazard_radius).float()  # scan shared with _observe
         return reward, cost, torch.zeros_like(cost, dtype=torch.bool)
 
 

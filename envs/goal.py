@@ -46,7 +46,7 @@ class GoalEnv(BatchedCMDP):
         # observation: proprio | goal lidar | hazard lidar | pillar lidar
         self.objects = PointObjects([(self.goal.unsqueeze(1), goal_mask, PROPRIO_DIM),
                                      (*hazards, PROPRIO_DIM + LIDAR_BINS), (*pillars, PROPRIO_DIM + 2 * LIDAR_BINS)])
-        _, self.hazard_cols, pillars = self.objects.slices
+        pillars = self.objects.slices[2]
         self.pillar_x, self.pillar_y = self.objects.x[:, pillars].contiguous(), self.objects.y[:, pillars].contiguous()
 
     def _reset_envs(self, mask: Tensor) -> None:
@@ -65,11 +65,10 @@ class GoalEnv(BatchedCMDP):
         pos = self.robot.pos
         self.robot.pos, contact = push_out_of_disks(pos, *relative(pos, self.pillar_x, self.pillar_y),
                                                     self.cfg.pillar_radius + self.cfg.robot_radius)
-        dist = self.objects.scan(self.robot.pos)[2]  # shared with this step's observation
-        after = dist[:, 0]
+        after = self.objects.scan(self.robot.pos)[2][:, 0]  # the scan is shared with this step's observation
         reached = after < self.cfg.goal_radius
         reward = before - after + reached.float() * self.cfg.goal_bonus
-        cost = contact.float() + (dist[:, self.hazard_cols] < self.cfg.hazard_radius).any(1).float()
+        cost = contact.float() + (self.objects.nearest(self.robot.pos, 1) < self.cfg.hazard_radius).float()
         return reward, cost, reached
 
 

@@ -112,8 +112,8 @@ FAR = 1e6  # where padding objects sit: exp(-gain * distance) is exactly 0 there
 class PointObjects:
     """The point objects of a batch of envs (every lidar group at once) in one flat layout.
 
-    ``groups`` are ``(positions [B, M_g, 2], mask [B, M_g], first observation column)``; they are
-    concatenated along M, so one `scan` gives the offsets and distances to every object (shared by the
+    ``groups`` are ``(positions [B, M_g, 2], mask [B, M_g], first observation column)``, M_g >= 1; they
+    are concatenated along M, so one `scan` gives the offsets and distances to every object (shared by the
     lidar and the cost tests) and one `lidar` call bins every group with one atan2 and one scatter_reduce.
     Coordinates are kept as separate contiguous ``x``, ``y`` tensors ``[B, M]``: atan2, sqrt and friends on
     the strided views of an interleaved ``[B, M, 2]`` tensor run about 10x slower on CPU (measured).
@@ -128,8 +128,13 @@ class PointObjects:
             cols.append(torch.full((mask.shape[1],), column, dtype=torch.long, device=mask.device))
             self.slices.append(slice(start, start + mask.shape[1]))
             start += mask.shape[1]
-        self.x, self.y, self.column = torch.cat(xs, 1), torch.cat(ys, 1), torch.cat(cols)
+        self.x, self.y = torch.cat(xs, 1), torch.cat(ys, 1)
+        self.column = torch.cat(cols).expand_as(self.x).contiguous()  # [B, M]: adds without broadcasting
         self._scanned: tuple = (None,)
+
+    def nearest(self, pos: Tensor, group: int) -> Tensor:
+        """``[B]`` distance from each robot to the nearest object of a group (``< radius``: inside one)."""
+        return self.scan(pos)[2][:, self.slices[group]].amin(dim=1)
 
     def scan(self, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Offsets ``dx, dy`` and distances ``[B, M]`` from the robots at ``pos`` to every object.
@@ -196,13 +201,15 @@ def wall_lidar(pos: Tensor, heading: Tensor, half_width: Tensor, gain: float = 1
 
 def push_out_of_disks(pos: Tensor, dx: Tensor, dy: Tensor, dist: Tensor, radius: float) -> tuple[Tensor, Tensor]:
     """Project positions out of hard disks (pillars) at offsets ``dx, dy`` and distances ``dist [B, P]`` from
-    the robots (`relative`); returns new positions and a contact flag ``[B]``."""
+    the robots (`relative`); returns new positions and a contact flag ``[B]``.
+
+    Each disk the robot is inside pushes it by (radius - dist) along the unit vector from the disk's
+    centre; the depth clamped at 0 makes the others push by exactly 0 without a mask.
+    """
     dist = dist.clamp(min=1e-6)
-    inside = dist < radius
-    zero = torch.zeros_like(dist)
-    push = torch.stack([torch.where(inside, dx / dist * (radius - dist), zero).sum(1),
-                        torch.where(inside, dy / dist * (radius - dist), zero).sum(1)], dim=-1)
-    return pos - push, inside.any(dim=1)
+    depth = (radius - dist).clamp_(min=0.0)
+    push = torch.stack([(dx / dist * depth).sum(1), (dy / dist * depth).sum(1)], dim=-1)
+    return pos - push, dist.amin(dim=1) < radius
 
 
 def pad_objects(per_task: list[np.ndarray], envs_per_task: int, device: torch.device) -> tuple[Tensor, Tensor]:
