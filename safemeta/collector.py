@@ -45,6 +45,7 @@ class Collector:
         params = {k: v.detach() for k, v in params.items()}
         for t in range(steps):
             mean, log_std = self.actor_fn(params, obs.reshape(n, e, -1))
+            log_std = log_std.contiguous()  # typically a broadcast view: elementwise ops on it are ~10x slower
             noise = torch.randn(mean.shape, generator=gen)
             act = mean + log_std.exp() * noise
             logp = (-0.5 * noise.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
