@@ -15,6 +15,9 @@ from safemeta.trainer import MetaTrainer
 
 K, M = 2, 2
 BACKENDS = [("analytic", "fisher"), ("analytic", "euclidean"), ("cvxpylayers", "euclidean"), ("qpth", "euclidean")]
+# the Fisher path two ways: CG solves differentiated implicitly (exact for a converged CG: 200 iterations here)
+# and by backpropagating through 10 CG iterations (the gradient of exactly the function evaluated)
+FISHER = {"implicit": {"cg_grad": "implicit", "cg_iters": 200}, "unrolled": {"cg_grad": "unrolled", "cg_iters": 10}}
 
 
 def _double(batch):
@@ -22,11 +25,11 @@ def _double(batch):
                              if getattr(batch, f.name) is not None and getattr(batch, f.name).is_floating_point()})
 
 
-def _trainer(make_config, backend="analytic", metric="fisher", cost_limit=None, **outer):
+def _trainer(make_config, backend="analytic", metric="fisher", cost_limit=None, cg=None, **outer):
     env_cfg = {} if cost_limit is None else {"env_cfg": {"tiny-nav": {"cost_limit": cost_limit}}}
     cfg = make_config(algo="meta_cpo", policy={"hidden_sizes": [8]},
                       trainer={"tasks_per_iter": M, "adapt_steps": K, "envs_per_task": 4},
-                      inner_cfg={"cpo": {"backend": backend, "metric": metric, "max_kl": 0.02}},
+                      inner_cfg={"cpo": {"backend": backend, "metric": metric, "max_kl": 0.02, **(cg or {})}},
                       outer_cfg={"dco_cpo": {"metric": "euclidean", **outer}}, **env_cfg)
     return MetaTrainer(cfg)
 
@@ -57,10 +60,10 @@ def _meta_grads(t, theta, batches, state):
     return meta_gradients(t.inner, theta, result)
 
 
-@pytest.mark.parametrize("backend,metric", BACKENDS)
-def test_meta_gradient_matches_finite_differences(fixed_rollouts, make_config, backend, metric):
+@pytest.mark.parametrize("backend,metric,cg", [(b, m, c) for b, m in BACKENDS for c in (FISHER if m == "fisher" else [None])])
+def test_meta_gradient_matches_finite_differences(fixed_rollouts, make_config, backend, metric, cg):
     base, batches, state, theta = fixed_rollouts
-    t = _trainer(make_config, backend, metric)
+    t = _trainer(make_config, backend, metric, cg=FISHER.get(cg))
     grad_f, grad_g, _, _ = _meta_grads(t, theta, batches, state)
     theta1 = stack(theta, 1)
     gen = torch.Generator().manual_seed(0)

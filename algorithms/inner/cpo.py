@@ -13,7 +13,9 @@ for a recovery step, a reward surrogate that does not decrease.
 
 ``step(..., differentiable=True)`` keeps the graph from the new parameters back to the old ones, through
 g, a, b's surrogates (second order) and the subproblem's solution, by one of three backends (Meta-CPO
-eq. 9-11): ``analytic`` (the closed form differentiated by autograd; Fisher metric through CG; the path
+eq. 9-11): ``analytic`` (the closed form differentiated by autograd; Fisher metric through CG, whose
+solves H^-1 g, H^-1 a are differentiated implicitly (``cg_grad: implicit``, the default: exact for a converged
+CG, no graph through its iterations) or by backpropagating through the iterations (``unrolled``); the path
 that scales), ``cvxpylayers`` (the paper's convex layer, DPP form) and ``qpth`` (a batched QP with the
 trust region in Lagrangian form, lambda* from the dual). The layer backends use the Euclidean metric and
 take the closed-form recovery step on infeasible tasks instead of calling a solver that would fail.
@@ -30,7 +32,7 @@ from safemeta.algorithms.inner.base import InnerSolver, State, episode_cost_adva
 from safemeta.algorithms.inner.cpo_backends import solve_with_backend
 from safemeta.algorithms.inner.cpo_step import solve_cpo
 from safemeta.algorithms.inner.natural_gradient import (backtracking_line_search, conjugate_gradient,
-                                                        fisher_vector_product, flat_grad)
+                                                        fisher_vector_product, flat_grad, implicit_solve)
 from safemeta.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.errors import UserError
@@ -45,6 +47,8 @@ class CPOConfig:
     backend: Literal["analytic", "cvxpylayers", "qpth"] = "analytic"
     cg_iters: int = spec(10, ge=1)
     cg_damping: float = spec(0.1, ge=0)
+    cg_grad: Literal["implicit", "unrolled"] = spec("implicit", doc="differentiable Fisher steps: H^-1 v by the "
+                                                    "implicit function theorem, or backprop through the CG iterations")
     backtrack_decay: float = spec(0.8, gt=0, lt=1)
     max_backtracks: int = spec(15, ge=1)
 
@@ -80,9 +84,15 @@ class CPO(InnerSolver):
         # 0 there) and its gradient is a, so a differentiable step sees how b moves with the local parameters
         b = (batch.ep_cost - state["cost_limit"]).to(g.dtype) + (surr_c if differentiable else surr_c.detach())
         if cfg.metric == "fisher":
-            fvp = fisher_vector_product(lambda q: self.mean_kl(p, q, batch, detach_old=not differentiable), p,
-                                        cfg.cg_damping, create_graph=differentiable)
-            hinv_g, hinv_a = conjugate_gradient(fvp, g, cfg.cg_iters), conjugate_gradient(fvp, a, cfg.cg_iters)
+            def make_fvp(q: Params, create_graph: bool):
+                return fisher_vector_product(lambda r: self.mean_kl(q, r, batch, detach_old=not create_graph), q,
+                                             cfg.cg_damping, create_graph=create_graph)
+
+            if differentiable and cfg.cg_grad == "implicit":
+                hinv_g, hinv_a = (implicit_solve(make_fvp, p, v, cfg.cg_iters) for v in (g, a))
+            else:
+                fvp = make_fvp(p, differentiable)
+                hinv_g, hinv_a = conjugate_gradient(fvp, g, cfg.cg_iters), conjugate_gradient(fvp, a, cfg.cg_iters)
         else:
             hinv_g, hinv_a = g, a
         sol = solve_cpo(g, a, b, hinv_g, hinv_a, cfg.max_kl)

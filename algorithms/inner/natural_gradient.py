@@ -48,24 +48,62 @@ def fisher_vector_product(kl_fn: Callable[[Params], Tensor], params: Params, dam
     return fvp
 
 
-def conjugate_gradient(avp: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float = 1e-10) -> Tensor:
-    """Solve A x = b for every row of ``b[N,P]`` (A symmetric positive definite per task)."""
+def conjugate_gradient(avp: Callable[[Tensor], Tensor], b: Tensor, iters: int, rtol: float = 1e-10) -> Tensor:
+    """Solve A x = b for every row of ``b[N,P]`` (A symmetric positive definite per task), stopping a row
+    once its residual norm is below ``rtol`` times ||b|| (or after ``iters`` iterations)."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     rr = (r * r).sum(-1)
+    tiny = torch.finfo(b.dtype).tiny
+    tol = (rtol**2 * rr).detach().clamp(min=tiny)
     for _ in range(iters):
         if bool((rr < tol).all()):
             break
         ap = avp(p)
-        alpha = rr / (p * ap).sum(-1).clamp(min=1e-12)
+        alpha = rr / (p * ap).sum(-1).clamp(min=tiny)
         alpha = torch.where(rr < tol, torch.zeros_like(alpha), alpha)
         x = x + alpha.unsqueeze(-1) * p
         r = r - alpha.unsqueeze(-1) * ap
         rr_new = (r * r).sum(-1)
-        p = r + (rr_new / rr.clamp(min=1e-12)).unsqueeze(-1) * p
+        p = r + (rr_new / rr.clamp(min=tiny)).unsqueeze(-1) * p
         rr = rr_new
     return x
+
+
+FvpMaker = Callable[[Params, bool], Callable[[Tensor], Tensor]]
+
+
+class _ImplicitSolve(torch.autograd.Function):
+    """x = H(phi)^-1 r by conjugate gradient, differentiated implicitly: with x_bar the incoming cotangent
+    and lambda = H^-1 x_bar (one more CG), r_bar = lambda and phi_bar = -d/dphi (lambda^T H(phi) x), from
+    H x = r  =>  dx = H^-1 (dr - dH x). No graph is kept through the CG iterations."""
+
+    @staticmethod
+    def forward(ctx, make_fvp: FvpMaker, names: tuple[str, ...], iters: int, rhs: Tensor, *params: Tensor) -> Tensor:
+        with torch.enable_grad():  # the products themselves use autograd (forward runs in no-grad mode)
+            fvp = make_fvp({k: v.detach() for k, v in zip(names, params)}, False)
+            x = conjugate_gradient(fvp, rhs.detach(), iters).detach()
+        ctx.make_fvp, ctx.names, ctx.iters = make_fvp, names, iters
+        ctx.save_for_backward(x, *params)
+        return x
+
+    @staticmethod
+    def backward(ctx, x_bar: Tensor):
+        x, *params = ctx.saved_tensors
+        with torch.enable_grad():
+            lam = conjugate_gradient(ctx.make_fvp({k: v.detach() for k, v in zip(ctx.names, params)}, False),
+                                     x_bar, ctx.iters)
+            p = {k: v.detach().requires_grad_(True) for k, v in zip(ctx.names, params)}
+            bilinear = (lam.detach() * ctx.make_fvp(p, True)(x.detach())).sum()
+            grads = torch.autograd.grad(-bilinear, list(p.values()), allow_unused=True)
+        return (None, None, None, lam, *grads)
+
+
+def implicit_solve(make_fvp: FvpMaker, params: Params, rhs: Tensor, iters: int) -> Tensor:
+    """``H(params)^-1 rhs`` for every task, differentiable in ``rhs`` and ``params`` by the implicit function
+    theorem (exact for a converged solve). ``make_fvp(params, create_graph)`` returns ``v -> H v``."""
+    return _ImplicitSolve.apply(make_fvp, tuple(params), iters, rhs, *params.values())
 
 
 def backtracking_line_search(params: Params, full_step: Tensor, accept: Callable[[Params], Tensor],
