@@ -128,3 +128,16 @@ class PointGoal(TaskFamily):
 
     def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> GoalEnv:
         return GoalEnv([self.layout(t) for t in tasks], self.cfg, envs_per_task, device, seed)
+
+
+@dataclass
+class PointGoalLevel1Config(PointGoalConfig):
+    level: int = spec(1, ge=1, le=2, doc="1: 10 hazards + 1 obstacle; 2: 10 hazards + 10 obstacles")
+
+
+@register_env("point-goal-level1", "point-goal at level 1 (10 hazards, 1 obstacle, d = 0.75): C-MAML's Environment 1")
+class PointGoalLevel1(PointGoal):
+    """`point-goal` with level 1 as its default, under its own name so its runs and board stay apart."""
+
+    name = "point-goal-level1"
+    Config = PointGoalLevel1Config

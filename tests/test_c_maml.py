@@ -122,3 +122,16 @@ def test_trust_region_meta_step_has_the_kl_radius(make_config):
     after = {k: v.detach().unsqueeze(0) for k, v in t.meta.theta.items()}
     kl = float(t.inner.mean_kl(before, after, captured[0])[0])
     assert 0.5 * 0.005 < kl < 1.5 * 0.005  # the quadratic model's radius, measured with the exact KL
+
+
+@pytest.mark.parametrize("env,limit,pillars", [("point-goal-level1", 0.75, 1), ("point-goal", 5.0, 10)])
+def test_point_goal_levels_are_the_papers_environments(env, limit, pillars):
+    """C-MAML's Environment 1 (level 1, d = 0.75) and Environment 2 (level 2, d = 5) under c_maml."""
+    import safemeta
+    from safemeta import registry
+
+    cfg = safemeta.resolve_config([("t", {"algo": "c_maml", "env": env})])
+    family = registry.env.get(env)(cfg.env_params)
+    task = family.sample(1, "train", np.random.default_rng(0))[0]
+    assert family.cost_limit_for("train") == limit and family.cost_limit_for("test") == limit
+    assert len(family.layout(task)["pillars"]) == pillars and len(family.layout(task)["hazards"]) == 10
