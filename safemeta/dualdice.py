@@ -1,0 +1,66 @@
+"""DualDICE (Nachum, Chow, Dai, Li 2019): off-policy estimation of the visitation ratio
+w(s, a) = d^pi(s, a) / d^D(s, a) of a target policy pi from transitions (s, a, s') drawn from a data
+distribution d^D, as Meta-SRL needs it (Khattar et al., arXiv 2405.16601: the distance term of the
+within-task bound is weighted by the estimated visitation of the task's final policy).
+
+With f(x) = |x|^p / p and its conjugate f*(y) = |y|^q / q (1/p + 1/q = 1), DualDICE's saddle problem
+(its eq. 9-10, the Fenchel form that avoids double sampling) is
+
+    min_nu max_zeta  J(nu, zeta) = E_{(s,a,s') ~ D, a' ~ pi(s')}[ (nu(s,a) - gamma nu(s',a')) zeta(s,a) - |zeta(s,a)|^q / q ]
+                                   - (1 - gamma) E_{s0 ~ mu0, a0 ~ pi(s0)}[ nu(s0, a0) ],
+
+whose solution has zeta*(s, a) = f'((nu* - B^pi nu*)(s, a)) = w(s, a), with (B^pi nu)(s, a) =
+gamma E[nu(s', a')]. Conventions follow `safemeta.tabular`: d^pi is the normalized discounted occupancy.
+
+``tabular_dualdice``: nu and zeta tables over S x A, expectations over pi(a'|s') taken exactly, p = 2: the
+saddle point of the empirical objective in closed form; the estimate converges to the true ratio as data
+grows (tested against `safemeta.tabular.occupancy_ratio`). It returns a `DualDICEResult` with the sanity
+statistic E_D[w] (1 for an exact ratio: d^pi sums to one). A neural variant (nu, zeta MLPs trained by
+descent / ascent) is not here yet: plain simultaneous Adam diverged or stalled on the gridworld test
+(issue 8's note).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from torch import Tensor
+
+
+@dataclass
+class DualDICEResult:
+    weights: Callable[[Tensor, Tensor], Tensor] | np.ndarray  # w(s, a): a table [S, A] or a function
+    mean_weight: float  # E_D[w], ~1 when the estimate is consistent
+    state_weights: np.ndarray | None = None  # tabular: d^pi(s) / d^D(s) = E_{a ~ D(.|s)}[w(s, a)]
+
+
+def tabular_dualdice(n_states: int, n_actions: int, s: np.ndarray, a: np.ndarray, s_next: np.ndarray,
+                     s0: np.ndarray, pi: np.ndarray, gamma: float, ridge: float = 1e-10) -> DualDICEResult:
+    """The p = 2 DualDICE saddle point with table-valued nu and zeta, solved exactly.
+
+    With x_i = e_{s_i a_i} - gamma sum_a' pi(a'|s'_i) e_{s'_i a'}, C = 1/n sum_i e_{s_i a_i} x_i^T, the
+    empirical data distribution D = diag(d_hat) and m0 = mean_j sum_a pi(a|s0_j) e_{s0_j a}: the inner
+    maximum is zeta = D^-1 C nu (the per-(s, a) mean of nu - gamma nu', *not* the per-sample residual, which
+    would bring back the double-sampling bias), and the outer minimum solves (C^T D^-1 C) nu = (1 - gamma) m0.
+    Then C^T zeta = (1 - gamma) m0: d_hat * zeta satisfies the empirical flow equation of pi's occupancy.
+    """
+    sa = n_states * n_actions
+    n = len(s)
+    pi = np.asarray(pi, dtype=np.float64)
+    idx = s * n_actions + a
+    counts = np.bincount(idx, minlength=sa).astype(np.float64)
+    c = np.zeros((sa, sa))
+    np.add.at(c, (idx, idx), 1.0)
+    nxt = s_next[:, None] * n_actions + np.arange(n_actions)
+    np.add.at(c, (np.repeat(idx, n_actions), nxt.ravel()), (-gamma * pi[s_next]).ravel())
+    c /= n
+    m0 = np.zeros(sa)
+    np.add.at(m0, (s0[:, None] * n_actions + np.arange(n_actions)).ravel(), (pi[s0] / len(s0)).ravel())
+    d_inv = n / np.maximum(counts, 1.0)
+    nu = np.linalg.solve(c.T @ (d_inv[:, None] * c) + ridge * np.eye(sa), (1.0 - gamma) * m0)
+    w = (d_inv * (c @ nu)).reshape(n_states, n_actions)
+    d_data = counts.reshape(n_states, n_actions) / n
+    state_mass = d_data.sum(1)
+    state_w = np.where(state_mass > 0, (w * d_data).sum(1) / np.maximum(state_mass, 1e-300), 0.0)
+    return DualDICEResult(w, float((w * d_data).sum()), state_w)
