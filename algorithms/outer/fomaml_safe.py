@@ -39,9 +39,9 @@ from safemeta.adaptation import AdaptationResult
 from safemeta.algorithms.inner.base import normalize
 from safemeta.algorithms.inner.natural_gradient import flat_grad
 from safemeta.algorithms.inner.trpolag import lagrangian_advantages
-from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
-from safemeta.algorithms.outer.meta_optimizer import (MetaOptimizerConfig, ascend, make_meta_optimizer,
-                                                      meta_fisher_solve)
+from safemeta.algorithms.outer.base import OuterContext
+from safemeta.algorithms.outer.fomaml import FOMAML
+from safemeta.algorithms.outer.meta_optimizer import MetaOptimizerConfig, ascend, meta_fisher_solve
 from safemeta.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.critics import CriticParams
@@ -77,12 +77,13 @@ def lagrangian_meta_gradient(result: AdaptationResult, surrogate, lagrange: Tens
 
 
 @register_outer("fomaml_safe", "C-MAML: first-order MAML on the post-adaptation Lagrangian with a global safety critic")
-class FOMAMLSafe(OuterUpdater):
+class FOMAMLSafe(FOMAML):
+    """FOMAML's meta optimizer and its checkpointed state, plus the safety pieces of the module docstring."""
+
     Config = FOMAMLSafeConfig
 
     def __init__(self, cfg: FOMAMLSafeConfig, ctx: OuterContext):
         super().__init__(cfg, ctx)
-        self.opt = make_meta_optimizer(cfg, ctx.meta.theta)
         self.lagrange = float(cfg.lagrange_init)
         self.eta = float(cfg.eta_init) if cfg.adaptive_eta else 0.0
         self.inner_has_lagrange = "lagrange" in ctx.inner.default_state(1)
@@ -138,8 +139,8 @@ class FOMAMLSafe(OuterUpdater):
                 "meta/V_C": v_c0, "meta/post_cost": post_cost}
 
     def state_dict(self) -> dict:
-        return {"opt": self.opt.state_dict(), "lagrange": self.lagrange, "eta": self.eta}
+        return {**super().state_dict(), "lagrange": self.lagrange, "eta": self.eta}
 
     def load_state_dict(self, state: dict) -> None:
-        self.opt.load_state_dict(state["opt"])
+        super().load_state_dict(state)
         self.lagrange, self.eta = state["lagrange"], state["eta"]
