@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from safemeta.algorithms.inner.base import episode_cost_advantages
 from safemeta.algorithms.inner.cpo import CPO, CPOConfig
 from safemeta.algorithms.inner.crpo import CRPO, CRPOConfig
 from safemeta.algorithms.inner.trpo import TRPO, TRPOConfig
@@ -37,7 +38,7 @@ def test_cpo_recovery_step_decreases_cost_surrogate(parts):
     cpo = CPO(CPOConfig(max_kl=0.01), t.actor)
     params = stacked_theta(t.meta, 3)
     new, _, info = cpo.step(params, batch, cpo.init_state(3, 1.0))
-    adv_c = cpo.cost_advantages(batch)
+    adv_c = episode_cost_advantages(batch)
     with torch.no_grad():
         change = cpo.surrogate(new, batch, adv_c) - cpo.surrogate(params, batch, adv_c)
     assert info["case"].tolist() == [0.0, 0.0, 0.0]

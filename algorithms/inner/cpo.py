@@ -68,13 +68,10 @@ class CPO(InnerSolver):
     def advantages(self, batch: Batch, state: State) -> Tensor:
         return normalize(batch.adv_r)
 
-    def cost_advantages(self, batch: Batch) -> Tensor:
-        return episode_cost_advantages(batch)
-
     def step(self, params: Params, batch: Batch, state: State, differentiable: bool = False
              ) -> tuple[Params, State, dict[str, Tensor]]:
         cfg = self.cfg
-        adv_r, adv_c = self.advantages(batch, state).detach(), self.cost_advantages(batch).detach()
+        adv_r, adv_c = self.advantages(batch, state).detach(), episode_cost_advantages(batch).detach()
         p = params if differentiable else {k: v.requires_grad_(True) for k, v in detach(params).items()}
         old = detach(params)
         surr_r, surr_c = self.surrogate(p, batch, adv_r), self.surrogate(p, batch, adv_c)

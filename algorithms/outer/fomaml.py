@@ -11,9 +11,11 @@ unconstrained meta-RL baseline ``fomaml_trpo``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from safemeta.adaptation import AdaptationResult
 from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
@@ -28,11 +30,11 @@ class FOMAMLConfig(MetaOptimizerConfig):
     pass
 
 
-def first_order_meta_gradient(ctx: OuterContext, result: AdaptationResult) -> Params:
-    """1/M sum_p grad_phi L_p(phi_p), as unstacked tensors shaped like theta."""
+def first_order_meta_gradient(result: AdaptationResult, objective: Callable[[Params], Tensor]) -> Params:
+    """1/M sum_p grad_phi L_p(phi_p) at the adapted (detached) phi_p, as unstacked tensors shaped like
+    theta; ``objective(phi)`` gives the per-task ``[M]`` post-adaptation objectives L_p."""
     phi = {k: v.requires_grad_(True) for k, v in detach(result.params[-1]).items()}
-    objective = ctx.inner.objective(phi, result.batches[-1], result.state)  # [M]
-    grads = torch.autograd.grad(objective.mean(), list(phi.values()))
+    grads = torch.autograd.grad(objective(phi).mean(), list(phi.values()))
     return {k: g.sum(0) for k, g in zip(phi, grads)}  # the mean's 1/M is already in the objective
 
 
@@ -45,7 +47,8 @@ class FOMAML(OuterUpdater):
         self.opt = make_meta_optimizer(cfg, ctx.meta.theta)
 
     def update(self, result: AdaptationResult, tasks: list[Task]) -> dict[str, float]:
-        grad = first_order_meta_gradient(self.ctx, result)
+        grad = first_order_meta_gradient(result, lambda phi: self.ctx.inner.objective(phi, result.batches[-1],
+                                                                                     result.state))
         return {"meta_grad_norm": ascend(self.opt, self.ctx.meta.theta, grad)}
 
     def state_dict(self) -> dict:

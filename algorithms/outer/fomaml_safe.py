@@ -40,12 +40,12 @@ from safemeta.algorithms.inner.base import normalize
 from safemeta.algorithms.inner.natural_gradient import flat_grad
 from safemeta.algorithms.inner.trpolag import lagrangian_advantages
 from safemeta.algorithms.outer.base import OuterContext
-from safemeta.algorithms.outer.fomaml import FOMAML
+from safemeta.algorithms.outer.fomaml import FOMAML, first_order_meta_gradient
 from safemeta.algorithms.outer.meta_optimizer import MetaOptimizerConfig, ascend, meta_fisher_solve
 from safemeta.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.critics import CriticParams
-from safemeta.params import detach, stack, unflat
+from safemeta.params import flat, stack, unflat
 from safemeta.registry import register_outer
 from safemeta.task import Task
 
@@ -70,10 +70,9 @@ def dual_step(value: float, violation: float, lr: float) -> float:
 
 def lagrangian_meta_gradient(result: AdaptationResult, surrogate, lagrange: Tensor) -> Tensor:
     """1/M sum_p grad_phi of the post-adaptation Lagrangian surrogate at phi_p (eq. 21), ``[1, P]``."""
-    phi = {k: v.requires_grad_(True) for k, v in detach(result.params[-1]).items()}
     batch = result.batches[-1]
-    objective = surrogate(phi, batch, lagrangian_advantages(batch, lagrange).detach())
-    return flat_grad(objective.mean(), phi).sum(0, keepdim=True)
+    adv = lagrangian_advantages(batch, lagrange).detach()
+    return flat(stack(first_order_meta_gradient(result, lambda phi: surrogate(phi, batch, adv)), 1))
 
 
 @register_outer("fomaml_safe", "C-MAML: first-order MAML on the post-adaptation Lagrangian with a global safety critic")
