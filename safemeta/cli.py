@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("--family", action="append", default=None, help="only this family (repeatable)")
     lb.add_argument("--grids", default="leaderboards/grids", help="folder of the grid files named on the boards")
 
+    on = sub.add_parser("online", parents=[plugin], help="run an online (Meta-SRL) grid on a tabular family and write its board")
+    on.add_argument("grid", help="online grid YAML file (see leaderboards/grids/meta-srl-*.yaml)")
+    on.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     ls = sub.add_parser("list", parents=[plugin], help="list registered algos, inner solvers, outer updaters and envs")
     ls.add_argument("what", nargs="?", choices=sorted(_LISTS), help="only this registry (envs: with task ranges)")
     return p
@@ -113,13 +117,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     console.print(f"wrote {out}")
 
 
-_LISTS = {"algos": "algo", "inners": "inner", "outers": "outer", "envs": "env"}
+_LISTS = {"algos": "algo", "inners": "inner", "outers": "outer", "envs": "env", "learners": "online"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from safemeta.bench import run_grid
 
     return 1 if run_grid(args.grid) else 0
+
+
+def cmd_online(args: argparse.Namespace) -> None:
+    from safemeta.online import run_online_grid
+
+    run_online_grid(args.grid, progress=not args.no_progress)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
@@ -170,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.plugin:
             load_plugin(spec)
         commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench,
-                    "leaderboard": cmd_leaderboard}
+                    "leaderboard": cmd_leaderboard, "online": cmd_online}
         rc = commands[args.command](args)
     except UserError as e:
         print(f"safemeta {args.command}: error: {e}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Name -> implementation tables: ``inner``, ``outer``, ``algo`` and ``env``.
+"""Name -> implementation tables: ``inner``, ``outer``, ``algo``, ``env`` and ``online`` (the meta-learners
+of the online, one-task-after-another protocol of `safemeta.online`: Meta-SRL and its baselines).
 
 Built-in entries register themselves when their module is imported (``load_builtins``). User code
 adds entries without editing the package, either from a module named on the command line
@@ -83,10 +84,12 @@ inner: Registry[Any] = Registry("inner solver")
 outer: Registry[Any] = Registry("outer updater")
 algo: Registry[Any] = Registry("algo")
 env: Registry[Any] = Registry("env")
+online: Registry[Any] = Registry("online meta-learner")
 
 register_inner = inner
 register_outer = outer
 register_env = env
+register_online = online
 
 _current_source = "builtin"
 _builtins_loaded = False
@@ -100,6 +103,7 @@ _BUILTIN_MODULES = (
     "safemeta.algorithms.outer.no_meta",
     "safemeta.algorithms.outer.dco_cpo",
     "safemeta.algorithms.outer.fomaml_safe",
+    "safemeta.algorithms.outer.online_dualdice",
     "safemeta.envs.tiny_nav",
     "safemeta.envs.circle",
     "safemeta.envs.button",
@@ -107,6 +111,9 @@ _BUILTIN_MODULES = (
     "safemeta.envs.nav2d_hazard",
     "safemeta.envs.tabular_gridworld",
     "safemeta.envs.safety_gym_families",
+    "safemeta.envs.safety_gym_plain",
+    "safemeta.algorithms.meta_srl.online_dualdice",
+    "safemeta.algorithms.meta_srl.baselines",
     "safemeta.presets",
 )
 

@@ -1,0 +1,215 @@
+"""The online meta-RL protocol of Meta-SRL (issue 8) on tabular families, with exact metrics.
+
+    for t = 1 .. T:
+        task_t ~ family (train split)                      the sequence, drawn with the run's seed
+        phi_t, alpha_t = learner.propose()
+        pi_hat_t = CRPO for M steps from phi_t, step alpha_t on task_t (collecting episodes)
+        gap_t = J_r*(task_t) - J_r(pi_hat_t),  viol_t = max(0, J_c(pi_hat_t) - d)     (exact: LP optimum)
+        learner.observe(pi_hat_t, the transitions)
+    TAOG_t = mean_{tau <= t} gap_tau,  TACV_t = mean_{tau <= t} viol_tau
+
+A grid file (``leaderboards/grids/meta-srl-*.yaml``) names learners x task distributions x seeds;
+``safemeta online GRID`` runs the cells it has not run yet (each writes ``<runs>/<grid>/<setting>/
+<learner>-s<seed>.csv``) and writes the board (table + TAOG / TACV curves) into ``leaderboards/meta-srl/``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from safemeta import registry
+from safemeta.algorithms.meta_srl.base import OnlineContext
+from safemeta.algorithms.meta_srl.tabular_crpo import crpo, softmax
+from safemeta.config.loader import Validator, read_yaml
+from safemeta.config.schema import spec
+from safemeta.errors import UserError
+from safemeta.tabular import evaluate, solve_constrained, state_occupancy
+from safemeta.tracking import atomic_write_text
+
+
+@dataclass
+class OnlineConfig:
+    learner: str = "online_dualdice"
+    learner_cfg: dict[str, Any] = field(default_factory=dict)
+    env: str = "tabular-gridworld"
+    env_cfg: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    tasks: int = spec(40, ge=1, doc="T, the length of the task sequence")
+    steps: int = spec(5, ge=1, doc="M, CRPO steps per task")
+    alpha0: float = spec(2e-3, gt=0, doc="CRPO step size of the baselines, and alpha_1 of learners that learn it")
+    tolerance: float = spec(0.0, ge=0, doc="CRPO's eta: cost step when J_c > d + eta")
+    episodes: int = spec(20, ge=1, doc="episodes collected per CRPO step (the data DualDICE sees)")
+    horizon: int | None = spec(None, doc="episode length of the collected data (default: the family's)")
+    pretrain_steps: int = spec(300, ge=1, doc="CRPO steps of the pretrained baseline on its one task")
+
+
+def build_online_config(data: dict, source: str = "online config") -> tuple[OnlineConfig, Any, Any]:
+    """Validate ``data`` into an `OnlineConfig`, the learner's config and the family."""
+    v = Validator({})
+    cfg: OnlineConfig = v.build(OnlineConfig, data, "")
+    learner_cls = registry.online.get(cfg.learner)
+    family_cls = registry.env.get(cfg.env)
+    if not hasattr(family_cls, "cmdp"):
+        tabular = [n for n in registry.env.names() if hasattr(registry.env.get(n), "cmdp")]
+        raise UserError(f"{source}: env '{cfg.env}' has no exact tables; the online protocol needs a tabular "
+                        f"family: {', '.join(tabular)}.")
+    learner_cfg = v.build(learner_cls.Config, cfg.learner_cfg, "learner_cfg.")
+    family = family_cls(v.build(family_cls.Config, cfg.env_cfg, "env_cfg."))
+    return cfg, learner_cfg, family
+
+
+def run_online(cfg: OnlineConfig, learner_cfg: Any, family: Any, on_task=None) -> list[dict[str, float]]:
+    """One task sequence; returns one row per task (see the module docstring)."""
+    rng = np.random.default_rng(cfg.seed)
+    learner_rng, crpo_rng = np.random.default_rng([cfg.seed, 1]), np.random.default_rng([cfg.seed, 2])
+    probe = family.cmdp(family.sample(1, "train", np.random.default_rng(0))[0])
+    horizon = cfg.horizon or family.horizon
+    d = family.cost_limit_for("train")
+
+    def pretrain(r: np.random.Generator) -> np.ndarray:
+        cmdp = family.cmdp(family.sample(1, "train", r)[0])
+        return crpo(cmdp, np.zeros((cmdp.n_states, cmdp.n_actions)), cfg.alpha0, cfg.pretrain_steps, d,
+                    cfg.tolerance, 1, 1, r).logits
+
+    ctx = OnlineContext(probe.n_states, probe.n_actions, probe.gamma, cfg.steps, cfg.alpha0, learner_rng, pretrain)
+    learner = registry.online.get(cfg.learner)(learner_cfg, ctx)
+    rows: list[dict[str, float]] = []
+    gaps, viols = [], []
+    for t in range(1, cfg.tasks + 1):
+        task = family.sample(1, "train", rng)[0]
+        cmdp = family.cmdp(task)
+        optimum = solve_constrained(cmdp, d)
+        phi, alpha = learner.propose()
+        run = crpo(cmdp, phi, alpha, cfg.steps, d, cfg.tolerance, cfg.episodes, horizon, crpo_rng)
+        j_r, j_c = evaluate(cmdp, run.policy)
+        j_r0, j_c0 = evaluate(cmdp, softmax(phi))
+        gaps.append(optimum.J_r - j_r)
+        viols.append(max(0.0, j_c - d))
+        if hasattr(learner, "oracle_visitation"):
+            learner.oracle_visitation = lambda pi, c=cmdp: state_occupancy(c, pi)
+        info = learner.observe(run, phi, alpha)
+        row = {"t": t, "gap": gaps[-1], "violation": viols[-1], "taog": float(np.mean(gaps)),
+               "tacv": float(np.mean(viols)), "alpha": alpha, "J_r": j_r, "J_c": j_c, "J_r_opt": optimum.J_r,
+               "J_r_init": j_r0, "J_c_init": j_c0, "cost_steps": run.cost_steps,
+               **{f"learner/{k}": float(v) for k, v in info.items()}}
+        if "learner/distance" in row:  # how far the DualDICE visitation is from the exact one (tabular only)
+            exact = state_occupancy(cmdp, run.policy)
+            from safemeta.algorithms.meta_srl.online_dualdice import distance_term, estimated_visitation
+
+            d_hat, _ = estimated_visitation(run, cmdp.n_states, cmdp.n_actions, cmdp.gamma)
+            row["learner/visitation_tv"] = 0.5 * float(np.abs(d_hat - exact).sum())
+            row["learner/distance_exact_visitation"] = distance_term(exact, run.policy, phi)
+        rows.append(row)
+        if on_task is not None:
+            on_task(row)
+    return rows
+
+
+# -- grids and the board ------------------------------------------------------------------------------
+
+@dataclass
+class OnlineGrid:
+    name: str
+    learners: dict[str, dict]  # label -> {"learner": name, "learner_cfg": {...}}
+    settings: dict[str, dict]  # name -> overrides of the base config (e.g. env_cfg.similarity)
+    seeds: list[int]
+    base: dict
+    runs: Path
+    out: Path
+    path: Path
+
+
+def _learner_entries(raw: list, path: str | Path) -> dict[str, dict]:
+    """``learners:`` items are a registry name or ``{label, learner, learner_cfg}`` (a configured variant)."""
+    out: dict[str, dict] = {}
+    for item in raw:
+        if isinstance(item, str):
+            label, entry = item, {"learner": item}
+        elif isinstance(item, dict) and set(item) <= {"label", "learner", "learner_cfg"} and "learner" in item:
+            label = str(item.get("label", item["learner"]))
+            entry = {"learner": item["learner"], "learner_cfg": dict(item.get("learner_cfg") or {})}
+        else:
+            raise UserError(f"online grid '{path}': a learners item must be a name or a mapping with keys "
+                            f"label, learner, learner_cfg; got {item!r}.")
+        if label in out:
+            raise UserError(f"online grid '{path}': learner label '{label}' appears twice.")
+        out[label] = entry
+    return out
+
+
+def load_online_grid(path: str | Path) -> OnlineGrid:
+    data = read_yaml(path, "online grid file")
+    allowed = {"name", "learners", "settings", "seeds", "base", "runs", "out"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise UserError(f"online grid '{path}': unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}.")
+    for key in ("learners", "settings", "seeds"):
+        if not data.get(key):
+            raise UserError(f"online grid '{path}': '{key}' must be given and non-empty.")
+    grid = OnlineGrid(str(data.get("name", Path(path).stem)), _learner_entries(list(data["learners"]), path),
+                      dict(data["settings"]), [int(s) for s in data["seeds"]], dict(data.get("base") or {}),
+                      Path(data.get("runs", "runs/online")), Path(data.get("out", "leaderboards/meta-srl")), Path(path))
+    for setting in grid.settings:  # validate every cell before running any
+        for label in grid.learners:
+            build_online_config(_cell(grid, setting, label, grid.seeds[0]), f"online grid '{path}' [{setting}, {label}]")
+    return grid
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _cell(grid: OnlineGrid, setting: str, label: str, seed: int) -> dict:
+    return _merge(_merge(grid.base, grid.settings[setting] or {}), {**grid.learners[label], "seed": seed})
+
+
+def cell_path(grid: OnlineGrid, setting: str, label: str, seed: int) -> Path:
+    return grid.runs / grid.name / setting / f"{label}-s{seed}.csv"
+
+
+def write_rows(path: Path, rows: list[dict], config: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [",".join(keys)] + [",".join(f"{r.get(k, '')}" for k in keys) for r in rows]
+    atomic_write_text(path.with_suffix(".json"), json.dumps(config, indent=1))
+    atomic_write_text(path, "\n".join(lines) + "\n")  # written last: its presence marks the cell finished
+
+
+def read_rows(path: Path) -> list[dict[str, float]]:
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def run_online_grid(path: str | Path, progress: bool = True) -> Path:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from safemeta.api import console
+
+    grid = load_online_grid(path)
+    cells = [(s, lrn, seed) for s in grid.settings for lrn in grid.learners for seed in grid.seeds]
+    todo = [c for c in cells if not cell_path(grid, *c).exists()]
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=not progress) as bar:
+        cells_bar = bar.add_task(f"grid {grid.name}", total=len(todo))
+        for setting, learner, seed in todo:
+            data = _cell(grid, setting, learner, seed)
+            cfg, learner_cfg, family = build_online_config(data)
+            task_bar = bar.add_task(f"{setting} {learner} s{seed}", total=cfg.tasks)
+            rows = run_online(cfg, learner_cfg, family, on_task=lambda _r, tb=task_bar: bar.advance(tb))
+            write_rows(cell_path(grid, setting, learner, seed), rows, data)
+            bar.remove_task(task_bar)
+            bar.advance(cells_bar)
+    console.print(f"grid {grid.name}: {len(cells)} cells, {len(todo)} run, {len(cells) - len(todo)} already there")
+    from safemeta.online_board import write_online_board
+
+    board = write_online_board(grid)
+    console.print(f"wrote {board}")
+    return board

@@ -1,0 +1,177 @@
+"""Meta-SRL's tabular pieces (issue 8): the distance term's gradient against finite differences, the
+FTL initialization and step size as exact minimizers of the summed bounds, softmax CRPO against the LP
+optimum and its switching rule, and the online protocol where Meta-SRL must beat random starts."""
+import numpy as np
+import pytest
+from scipy.optimize import minimize_scalar
+
+from safemeta.algorithms.meta_srl.online_dualdice import (distance_grad, distance_term, estimated_visitation,
+                                                          ftl_step_size, local_norm, step_size_bound)
+from safemeta.algorithms.meta_srl.tabular_crpo import crpo
+from safemeta.cli import main
+from safemeta.online import build_online_config, run_online
+from safemeta.tabular import evaluate, solve_constrained, state_occupancy
+
+
+@pytest.fixture(scope="module")
+def family():
+    return build_online_config({"env_cfg": {"similarity": 0.9}})[2]
+
+
+def test_distance_gradient_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    d_hat = rng.dirichlet(np.ones(6))
+    pi_hat = rng.dirichlet(np.ones(4), size=6)
+    phi = rng.standard_normal((6, 4))
+    grad = distance_grad(d_hat, pi_hat, phi)
+    h = 1e-6
+    fd = np.zeros_like(phi)
+    for idx in np.ndindex(phi.shape):
+        e = np.zeros_like(phi)
+        e[idx] = h
+        fd[idx] = (distance_term(d_hat, pi_hat, phi + e) - distance_term(d_hat, pi_hat, phi - e)) / (2 * h)
+    np.testing.assert_allclose(grad, fd, atol=1e-7)
+    assert distance_term(d_hat, pi_hat, np.log(pi_hat)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_alpha_closed_form_minimizes_the_summed_bound():
+    rng = np.random.default_rng(1)
+    dist, eps, g2 = rng.uniform(0.01, 2, 8), rng.uniform(0, 0.3, 8), rng.uniform(10, 1e4, 8)
+    for weights in (np.ones(8), 0.7 ** np.arange(7, -1, -1)):
+        alpha = ftl_step_size(dist, eps, g2, weights)
+        total = lambda a, w=weights: float((w * step_size_bound(a, dist, eps, g2)).sum())  # noqa: E731
+        best = minimize_scalar(lambda la: total(np.exp(la)), bounds=(-20, 5), method="bounded",
+                               options={"xatol": 1e-10})
+        assert alpha == pytest.approx(np.exp(best.x), rel=1e-4)
+        assert total(alpha) <= min(total(alpha * 1.01), total(alpha / 1.01))
+
+
+def test_ftl_initialization_minimizes_the_summed_distance(family):
+    """Meta-SRL's phi after two tasks (FTL) is the minimizer of D_1(phi) + D_2(phi): no perturbation lowers it."""
+    cfg, lcfg, fam = build_online_config({"tasks": 2, "steps": 3, "seed": 3, "learner_cfg": {"phi_update": "ftl"}})
+    from safemeta import registry
+    from safemeta.algorithms.meta_srl.base import OnlineContext
+
+    rng = np.random.default_rng(0)
+    learner = registry.online.get("online_dualdice")(lcfg, OnlineContext(25, 4, 0.99, 3, 2e-3, rng))
+    terms = []
+    for task in fam.sample(2, "train", rng):
+        cmdp = fam.cmdp(task)
+        phi, alpha = learner.propose()
+        run = crpo(cmdp, phi, alpha, 3, fam.cost_limit, 0.0, 20, fam.horizon, rng)
+        learner.observe(run, phi, alpha)
+        terms.append((estimated_visitation(run, 25, 4, 0.99)[0], run.policy))
+    total = lambda p: sum(distance_term(d, pi, p) for d, pi in terms)  # noqa: E731
+    phi = learner.phi
+    assert np.abs(sum(distance_grad(d, pi, phi) for d, pi in terms)).max() < 1e-8
+    for _ in range(20):
+        assert total(phi + 0.05 * rng.standard_normal(phi.shape)) > total(phi)
+
+
+def test_crpo_reaches_the_lp_optimum_and_switches_on_the_cost(family):
+    task = family.sample(1, "train", np.random.default_rng(5))[0]
+    cmdp, d = family.cmdp(task), family.cost_limit
+    opt = solve_constrained(cmdp, d)
+    run = crpo(cmdp, np.zeros((25, 4)), 0.01, 300, d, 0.0, 1, 1, np.random.default_rng(0))
+    j_r, j_c = evaluate(cmdp, run.policy)
+    assert opt.J_r - j_r < 0.02 * opt.J_r and j_c < d + 0.02
+    # the rule: a cost step exactly when J_c(pi_k) > d + eta, with the iterates' exact costs
+    for tol in (0.0, 0.05):
+        run = crpo(cmdp, np.zeros((25, 4)), 0.01, 40, d, tol, 1, 1, np.random.default_rng(0))
+        assert run.cost_steps == sum(jc > d + tol for _, jc in run.returns[:-1])
+    assert 0 < run.cost_steps < 40
+    # each step moves the logits by +-alpha Q / (1 - gamma): the local norm the learner reads off them
+    assert local_norm(run, state_occupancy(cmdp, run.policy), 0.01) > 0
+
+
+def test_dualdice_visitation_of_the_final_policy_is_close_to_the_exact_one(family):
+    cmdp = family.cmdp(family.sample(1, "train", np.random.default_rng(7))[0])
+    run = crpo(cmdp, np.zeros((25, 4)), 3e-3, 5, family.cost_limit, 0.0, 200, family.horizon,
+               np.random.default_rng(0))
+    d_hat, mean_w = estimated_visitation(run, 25, 4, cmdp.gamma)
+    assert 0.5 * np.abs(d_hat - state_occupancy(cmdp, run.policy)).sum() < 0.05
+    assert mean_w == pytest.approx(1.0, abs=0.05)
+
+
+def test_meta_srl_beats_random_starts_on_similar_tasks():
+    """On a high-similarity sequence, learning phi and alpha gives a lower TAOG and TACV than starting
+    each task from a random policy (and than the fixed uniform start's first task)."""
+    out = {}
+    for learner in ("online_dualdice", "random"):
+        cfg, lcfg, fam = build_online_config({"learner": learner, "tasks": 12, "steps": 5, "seed": 0,
+                                              "env_cfg": {"similarity": 0.9}})
+        out[learner] = run_online(cfg, lcfg, fam)
+    ours, rand = out["online_dualdice"], out["random"]
+    assert ours[-1]["taog"] < 0.6 * rand[-1]["taog"] and ours[-1]["tacv"] < rand[-1]["tacv"]
+    assert np.mean([r["gap"] for r in ours[-4:]]) < ours[0]["gap"]  # it improves along the sequence
+    assert all(r["learner/visitation_tv"] < 0.1 for r in ours)
+
+
+def test_online_grid_errors_are_clean(tmp_path, capsys):
+    bad = tmp_path / "g.yaml"
+    bad.write_text("learners: [online_dualdice, nope]\nsettings: {a: {}}\nseeds: [0]\n")
+    assert main(["online", str(bad)]) == 2
+    assert "Unknown online meta-learner 'nope'" in capsys.readouterr().err
+    bad.write_text("learners: [online_dualdice]\nsettings: {a: {env_cfg: {similarity: 2}}}\nseeds: [0]\n")
+    assert main(["online", str(bad)]) == 2
+    assert "similarity" in capsys.readouterr().err
+    bad.write_text("learners: [online_dualdice]\nsettings: {a: {env: point-circle}}\nseeds: [0]\n")
+    assert main(["online", str(bad)]) == 2
+    assert "tabular family: tabular-gridworld" in capsys.readouterr().err
+
+
+def test_online_grid_writes_a_board_and_skips_finished_cells(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(f"name: tiny\nlearners: [online_dualdice, fal]\nsettings: {{hi: {{env_cfg: {{similarity: 0.9}}}}}}\n"
+                    f"seeds: [0, 1]\nbase: {{tasks: 3, steps: 2}}\nruns: {tmp_path / 'runs'}\nout: {tmp_path / 'lb'}\n")
+    assert main(["online", str(grid), "--no-progress"]) == 0
+    board = (tmp_path / "lb" / "tiny.md").read_text()
+    assert "| online_dualdice |" in board and "| fal |" in board and (tmp_path / "lb" / "tiny.png").exists()
+    csv = tmp_path / "runs" / "tiny" / "hi" / "fal-s1.csv"
+    stamp = csv.stat().st_mtime_ns
+    assert main(["online", str(grid), "--no-progress"]) == 0
+    assert csv.stat().st_mtime_ns == stamp  # finished cells are not rerun or overwritten
+
+
+# -- the neural path through the trainer (preset meta_srl) ----------------------------------------------
+
+def test_discounted_visitation_restarts_at_episode_boundaries():
+    import torch
+
+    from safemeta.algorithms.outer.online_dualdice import discounted_visitation
+    from safemeta.batch import Batch
+
+    z = torch.zeros(1, 4, 1)
+    done = torch.tensor([False, True, False, False]).reshape(1, 4, 1)
+    batch = Batch(obs=torch.zeros(1, 4, 1, 2), act=torch.zeros(1, 4, 1, 2), logp=z, rew=z, cost=z,
+                  terminated=torch.zeros_like(done), truncated=done, next_obs=torch.zeros(1, 4, 1, 2),
+                  ep_return=torch.zeros(1), ep_cost=torch.zeros(1), ep_count=torch.ones(1))
+    w = discounted_visitation(batch, 0.5).flatten()
+    expected = torch.tensor([1, 0.5, 1, 0.5]) / 3.0
+    torch.testing.assert_close(w, expected)
+
+
+def test_meta_srl_preset_learns_alpha_and_distills_toward_the_adapted_policy(make_config):
+    from safemeta.trainer import MetaTrainer
+
+    t = MetaTrainer(make_config(algo="meta_srl", trainer={"adapt_steps": 3, "tasks_per_iter": 1}))
+    assert t.cfg.inner == "crpo"
+    alpha0 = t.outer.alpha
+    for _ in range(3):
+        row = t.train_iteration()
+        assert row["inner/step_size"] == pytest.approx(row["meta_srl/alpha"])  # CRPO ran with the learned alpha
+        assert row["meta_srl/distance_after"] < 0.5 * row["meta_srl/distance"]  # the OGD step moved phi to pi_hat
+        assert row["meta_srl/distance"] > 0 and row["meta_srl/G"] > 0
+    assert t.outer.alpha != alpha0 and t.outer.cfg.alpha_min <= t.outer.alpha <= t.outer.cfg.alpha_max
+    state = t.state_dict()
+    fresh = MetaTrainer(make_config(algo="meta_srl", trainer={"adapt_steps": 3, "tasks_per_iter": 1}))
+    fresh.load_state_dict(state)
+    assert fresh.outer.alpha == t.outer.alpha and fresh.outer.history == t.outer.history
+
+
+def test_meta_srl_refuses_an_inner_solver_without_step_sizes(make_config):
+    from safemeta.errors import UserError
+    from safemeta.trainer import MetaTrainer
+
+    with pytest.raises(UserError, match="step size steps.*Inner solvers that do: crpo"):
+        MetaTrainer(make_config(algo="meta_srl", inner="trpolag"))
