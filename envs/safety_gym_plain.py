@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from safemeta.config.schema import spec
-from safemeta.envs.safety_gym_families import SafetyGymVecCMDP, env_seed
+from safemeta.envs.safety_gym_families import SafetyGymVecCMDP
 from safemeta.errors import UserError, suggest
 from safemeta.registry import register_env
 from safemeta.task import TaskFamily
@@ -56,10 +56,18 @@ class SGEnv(TaskFamily):
         return {"env_id": self.cfg.env_id}
 
     def make(self, tasks: list, envs_per_task: int, device: str = "cpu", seed: int = 0) -> SafetyGymVecCMDP:
+        """The batched env; the MuJoCo envs are built once per family object and reused by later calls
+        (the trainer makes a new `VecCMDP` every iteration, and building a Safety-Gymnasium env costs
+        seconds). Each call reseeds them through `SafetyGymVecCMDP.reset`."""
         envs = []
         for k, task in enumerate(tasks):
             for j in range(envs_per_task):
-                env = _make_env(task.params["env_id"])
-                env.reset(seed=env_seed(seed, k * envs_per_task + j))
-                envs.append(env)
+                key = (task.params["env_id"], k * envs_per_task + j)
+                if key not in self._pool:
+                    self._pool[key] = _make_env(task.params["env_id"])
+                envs.append(self._pool[key])
         return SafetyGymVecCMDP(envs, len(tasks), envs_per_task, self.horizon, device, seed)
+
+    def __init__(self, cfg: SGEnvConfig):
+        super().__init__(cfg)
+        self._pool: dict[tuple[str, int], Any] = {}

@@ -125,17 +125,19 @@ class OnlineGrid:
 
 
 def _learner_entries(raw: list, path: str | Path) -> dict[str, dict]:
-    """``learners:`` items are a registry name or ``{label, learner, learner_cfg}`` (a configured variant)."""
+    """``learners:`` items are a registry name or ``{label, learner, learner_cfg, overrides}``: a configured
+    variant, ``overrides`` replacing base-config values for it alone (e.g. ``{alpha0: 0.004}``)."""
     out: dict[str, dict] = {}
     for item in raw:
         if isinstance(item, str):
             label, entry = item, {"learner": item}
-        elif isinstance(item, dict) and set(item) <= {"label", "learner", "learner_cfg"} and "learner" in item:
+        elif isinstance(item, dict) and set(item) <= {"label", "learner", "learner_cfg", "overrides"} and "learner" in item:
             label = str(item.get("label", item["learner"]))
-            entry = {"learner": item["learner"], "learner_cfg": dict(item.get("learner_cfg") or {})}
+            entry = {**dict(item.get("overrides") or {}), "learner": item["learner"],
+                     "learner_cfg": dict(item.get("learner_cfg") or {})}
         else:
             raise UserError(f"online grid '{path}': a learners item must be a name or a mapping with keys "
-                            f"label, learner, learner_cfg; got {item!r}.")
+                            f"label, learner, learner_cfg, overrides; got {item!r}.")
         if label in out:
             raise UserError(f"online grid '{path}': learner label '{label}' appears twice.")
         out[label] = entry

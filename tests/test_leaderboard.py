@@ -101,6 +101,16 @@ def test_leaderboard_from_two_fake_runs_has_right_rows_and_numbers(tmp_path):
     assert "safemeta leaderboard --runs x" in md and "abc123" in md and "tiny-nav-adaptation.png" in md
     assert (tmp_path / "boards" / "tiny-nav-adaptation.png").stat().st_size > 1000
     assert "tiny-nav.md" in (tmp_path / "boards" / "README.md").read_text()
+    # what a person wrote in the index survives regeneration; only the marked table is rewritten
+    readme = tmp_path / "boards" / "README.md"
+    readme.write_text(readme.read_text().replace("| tiny-nav |", "| stale |") + "\n## Findings\nhand-written\n")
+    make_leaderboards(root, tmp_path / "boards", None, "safemeta leaderboard --runs x")
+    text = readme.read_text()
+    assert "hand-written" in text and "| tiny-nav |" in text and "| stale |" not in text
+    readme.write_text("# My boards\nnotes without markers\n")
+    make_leaderboards(root, tmp_path / "boards", None, "safemeta leaderboard --runs x")
+    assert readme.read_text().startswith("# My boards") and "notes without markers" in readme.read_text()
+    assert "| tiny-nav |" in readme.read_text()
 
 
 def test_leaderboard_errors_name_the_problem(tmp_path):

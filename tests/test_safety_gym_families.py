@@ -304,3 +304,26 @@ def test_same_seed_same_trajectories():
     for x, y in zip(first, rollout(a, 11)):  # reseeding the same envs replays the run
         assert torch.equal(x, y)
     assert not torch.equal(rollout(b, 12)[0], first[0])
+
+
+@pytest.mark.safety_gym
+def test_sg_env_wraps_a_stock_id_reuses_its_envs_and_reseeds_them():
+    from safemeta.envs.safety_gym_plain import SGEnv
+
+    fam = SGEnv(SGEnv.Config())
+    assert fam.cost_limit == 25.0 and fam.horizon == 1000
+    tasks = fam.sample(1, "train", np.random.default_rng(0))
+    assert tasks[0].params == {"env_id": "SafetyPointGoal1-v0"}
+    first = fam.make(tasks, 2, seed=3)
+    second = fam.make(tasks, 2, seed=3)
+    assert first.envs == second.envs and first.obs_dim == 60 and first.act_dim == 2  # built once
+    runs = []
+    for venv in (first, second):
+        obs = [venv.reset()]
+        for _ in range(20):
+            obs.append(venv.step(torch.full((2, 2), 0.5))[0])
+        runs.append(torch.stack(obs))
+    torch.testing.assert_close(runs[0], runs[1])  # the same seed gives the same episode start again
+    with pytest.raises(UserError, match="Did you mean: SafetyPointGoal1-v0"):
+        SGEnv(SGEnv.Config(env_id="SafetyPointGoa1-v0")).make(
+            [Task("sg-env", "train", 0, {"env_id": "SafetyPointGoa1-v0"})], 1)
