@@ -31,6 +31,7 @@ DEFAULT_ALGOS = ["cpo", "trpolag", "crpo"]
 
 def run_omnisafe(algo: str, env_id: str, seed: int, args, d: float) -> tuple[float, float, float]:
     from safemeta.compat.safety_gym import import_omnisafe
+    from safemeta.config.loader import parse_set
 
     omnisafe = import_omnisafe()
     cfgs = {"seed": seed,
@@ -43,6 +44,8 @@ def run_omnisafe(algo: str, env_id: str, seed: int, args, d: float) -> tuple[flo
         cfgs["lagrange_cfgs"] = {"cost_limit": d}
     elif algo != "TRPO":
         cfgs["algo_cfgs"]["cost_limit"] = d
+    for key, value in parse_set(args.omnisafe_set).items():  # e.g. algo_cfgs.obs_normalize=false
+        cfgs[key] = {**cfgs.get(key, {}), **value} if isinstance(value, dict) else value
     start = time.perf_counter()
     ep_ret, ep_cost, _ = omnisafe.Agent(algo, env_id, custom_cfgs=cfgs).learn()
     return float(ep_ret), float(ep_cost), time.perf_counter() - start
@@ -107,6 +110,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/crosscheck")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides of our side's config (as `safemeta train --set`), for the investigation")
+    p.add_argument("--omnisafe-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides of OmniSafe's custom_cfgs (e.g. algo_cfgs.obs_normalize=false), for the investigation")
     p.add_argument("--only", choices=["ours", "omnisafe"], help="run one side only")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -129,6 +134,7 @@ def main() -> None:
     setup = f"{env_id}-t{args.task_seed}-e{args.epochs}x{args.steps_per_epoch}-v{args.envs}"
     store = Path(args.out) / "results" / setup
     ours_store = store / ("ours-" + "-".join(sorted(args.set)).replace("/", "_") if args.set else "")
+    omni_store = store / ("omnisafe-" + "-".join(sorted(args.omnisafe_set)) if args.omnisafe_set else "")
     print(f"results: {store} (a finished run is read back, not rerun)", flush=True)
     rows = []
     for ours in args.algos:
@@ -137,7 +143,7 @@ def main() -> None:
         for seed in args.seeds:
             res["ours"].append(cached(ours_store / f"ours-{ours}-s{seed}.json", args.only != "omnisafe",
                                       lambda: run_ours(ours, args.family, task, seed, args)))
-            res["omnisafe"].append(cached(store / f"omnisafe-{theirs}-s{seed}.json", args.only != "ours",
+            res["omnisafe"].append(cached(omni_store / f"omnisafe-{theirs}-s{seed}.json", args.only != "ours",
                                           lambda: run_omnisafe(theirs, env_id, seed, args, d)))
             print(ours, seed, res["ours"][-1], theirs, res["omnisafe"][-1], flush=True)
         wall = {k: statistics.mean(r[2] for r in v) if all(r[2] == r[2] for r in v) else float("nan")

@@ -15,9 +15,15 @@ gamma E[nu(s', a')]. Conventions follow `safemeta.tabular`: d^pi is the normaliz
 ``tabular_dualdice``: nu and zeta tables over S x A, expectations over pi(a'|s') taken exactly, p = 2: the
 saddle point of the empirical objective in closed form; the estimate converges to the true ratio as data
 grows (tested against `safemeta.tabular.occupancy_ratio`). It returns a `DualDICEResult` with the sanity
-statistic E_D[w] (1 for an exact ratio: d^pi sums to one). A neural variant (nu, zeta MLPs trained by
-descent / ascent) is not here yet: plain simultaneous Adam diverged or stalled on the gridworld test
-(issue 8's note).
+statistic E_D[w] (1 for an exact ratio: d^pi sums to one).
+
+``feature_dualdice``: the same saddle problem with nu and zeta linear in a feature map phi(s, a) (tables
+are the special case of one-hot features, and the result then equals ``tabular_dualdice``), solved in
+closed form; expectations over pi(a'|s') enter through E_{a' ~ pi} phi(s', a'), estimated by sampling
+actions. With `RandomFourierFeatures` of (s, a) (or any fixed neural feature map) it is the estimator for
+continuous states and actions that the neural Meta-SRL path uses. Training nu and zeta as free MLPs by
+simultaneous Adam descent / ascent diverged or stalled on the gridworld test, so the function class is
+fixed features with exact linear heads: the saddle point is then solved, not chased.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import Tensor
 
 
@@ -64,3 +71,42 @@ def tabular_dualdice(n_states: int, n_actions: int, s: np.ndarray, a: np.ndarray
     state_mass = d_data.sum(1)
     state_w = np.where(state_mass > 0, (w * d_data).sum(1) / np.maximum(state_mass, 1e-300), 0.0)
     return DualDICEResult(w, float((w * d_data).sum()), state_w)
+
+
+def feature_dualdice(phi: Tensor, phi_next_pi: Tensor, phi0_pi: Tensor, gamma: float,
+                     ridge: float = 1e-6) -> tuple[Tensor, float]:
+    """Linear-in-features DualDICE (p = 2), solved exactly; returns (w_i for the data rows, E_D[w]).
+
+    ``phi [n, k]``: features of the data's (s_i, a_i); ``phi_next_pi [n, k]``: E_{a' ~ pi(s'_i)} phi(s'_i, a');
+    ``phi0_pi [m, k]``: E_{a ~ pi(s0_j)} phi(s0_j, a). With nu = phi^T u and zeta = phi^T v the saddle
+    problem's inner maximum is v = B^-1 C u and the outer minimum solves (C^T B^-1 C) u = (1 - gamma) m0,
+    where B = E_D[phi phi^T], C = E_D[phi (phi - gamma phi'_pi)^T] and m0 = E[phi0_pi]; then w = phi^T v.
+    ``ridge`` (relative to the matrices' scale) regularizes both solves. Computed in float64.
+    """
+    x, xn, x0 = (t.detach().to(torch.float64) for t in (phi, phi_next_pi, phi0_pi))
+    n, k = x.shape
+    b = x.T @ x / n
+    c = x.T @ (x - gamma * xn) / n
+    m0 = x0.mean(0)
+    eye = torch.eye(k, dtype=torch.float64)
+    b_reg = b + ridge * b.diagonal().mean().clamp(min=1e-12) * eye
+    b_inv_c = torch.linalg.solve(b_reg, c)
+    a = c.T @ b_inv_c
+    u = torch.linalg.solve(a + ridge * a.diagonal().mean().clamp(min=1e-12) * eye, (1 - gamma) * m0)
+    w = x @ (b_inv_c @ u)
+    return w.to(phi.dtype), float(w.mean())
+
+
+class RandomFourierFeatures:
+    """phi(x) = sqrt(2 / k) cos(W x / bandwidth + b) plus a constant, with W ~ N(0, I), b ~ U[0, 2 pi]
+    (Rahimi & Recht 2007): a fixed feature map of concatenated (state, action) vectors."""
+
+    def __init__(self, in_dim: int, n_features: int = 256, bandwidth: float = 1.0, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(in_dim, n_features, generator=g) / bandwidth
+        self.b = torch.rand(n_features, generator=g) * 2 * np.pi
+        self.scale = (2.0 / n_features) ** 0.5
+
+    def __call__(self, x: Tensor) -> Tensor:
+        feats = self.scale * torch.cos(x @ self.w + self.b)
+        return torch.cat([feats, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], dim=-1)

@@ -151,10 +151,12 @@ def test_discounted_visitation_restarts_at_episode_boundaries():
     torch.testing.assert_close(w, expected)
 
 
-def test_meta_srl_preset_learns_alpha_and_distills_toward_the_adapted_policy(make_config):
+@pytest.mark.parametrize("visitation", ["dualdice", "on_policy"])
+def test_meta_srl_preset_learns_alpha_and_distills_toward_the_adapted_policy(make_config, visitation):
     from safemeta.trainer import MetaTrainer
 
-    t = MetaTrainer(make_config(algo="meta_srl", trainer={"adapt_steps": 3, "tasks_per_iter": 1}))
+    t = MetaTrainer(make_config(algo="meta_srl", trainer={"adapt_steps": 3, "tasks_per_iter": 1},
+                                outer_cfg={"online_dualdice": {"visitation": visitation}}))
     assert t.cfg.inner == "crpo"
     alpha0 = t.outer.alpha
     for _ in range(3):
@@ -162,6 +164,7 @@ def test_meta_srl_preset_learns_alpha_and_distills_toward_the_adapted_policy(mak
         assert row["inner/step_size"] == pytest.approx(row["meta_srl/alpha"])  # CRPO ran with the learned alpha
         assert row["meta_srl/distance_after"] < 0.5 * row["meta_srl/distance"]  # the OGD step moved phi to pi_hat
         assert row["meta_srl/distance"] > 0 and row["meta_srl/G"] > 0
+        assert row["meta_srl/mean_weight"] == pytest.approx(1.0, abs=0.05)  # E_D[w] of the DualDICE solve
     assert t.outer.alpha != alpha0 and t.outer.cfg.alpha_min <= t.outer.alpha <= t.outer.cfg.alpha_max
     state = t.state_dict()
     fresh = MetaTrainer(make_config(algo="meta_srl", trainer={"adapt_steps": 3, "tasks_per_iter": 1}))

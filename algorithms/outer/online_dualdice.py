@@ -15,17 +15,20 @@ CRPO runs K = M steps from theta = phi_t with the per-task step size alpha_t (``
   x_k = alpha F^-1 g_k, so g^T F^-1 g = 2 KL_k / alpha^2 from the step's quadratic KL (its ``kl`` and
   ``step_scale`` diagnostics); ``dynamic`` discounts past tasks by ``forget``.
 
-Visitation, and what differs from the tabular learner: the trainer rolls out pi_hat_t after adapting
-(``needs_post_rollout``); those episodes are on-policy for pi_hat_t, so weighting each sample by
-gamma^(its step in the episode) gives an unbiased estimate of d^{pi_hat_t} without a ratio estimator.
-DualDICE is what the paper needs when only the M steps' trajectories are kept; its neural variant is not
-in `safemeta.dualdice` yet (issue 8's note), so this path uses the on-policy estimate and says so.
-The tasks' critics are warm-started from the previous task's (an online learner keeps what it fitted).
+Visitation (``visitation``): ``dualdice`` (default, the paper's way) estimates w = d^{pi_hat_t} / d^D on the
+transitions of the M steps (pi_0 .. pi_{M-1}; the data distribution D) with `safemeta.dualdice.feature_dualdice`
+on random Fourier features of the standardized (state, action) vector (bandwidth: the median distance
+between data points times ``rff_bandwidth``; E_{a' ~ pi_hat} phi(s', a') from ``action_samples`` sampled
+actions); the distance term and the distillation then weight the data states by max(w, 0).
+``on_policy`` instead uses the post-adaptation rollout of pi_hat_t (on-policy data, each sample weighted by
+gamma^(its step in the episode): an unbiased estimate of d^{pi_hat_t} that needs no ratio estimator, at
+the cost of that extra rollout). The tasks' critics are warm-started from the previous task's.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
@@ -36,6 +39,7 @@ from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
 from safemeta.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.critics import CriticParams
+from safemeta.dualdice import RandomFourierFeatures, feature_dualdice
 from safemeta.params import detach, stack
 from safemeta.policy import gaussian_kl
 from safemeta.registry import register_outer
@@ -48,6 +52,19 @@ class NeuralOnlineDualDICEConfig(StepSizeLearning):
     distill_iters: int = spec(20, ge=1, doc="Adam steps per task (the inexact OGD step on phi)")
     alpha_min: float = spec(1e-3, gt=0)
     alpha_max: float = spec(10.0, gt=0)
+    visitation: Literal["dualdice", "on_policy"] = "dualdice"
+    rff_features: int = spec(256, ge=8, doc="random Fourier features of (s, a) for DualDICE")
+    rff_bandwidth: float = spec(1.0, gt=0, doc="multiplies the median-distance bandwidth")
+    action_samples: int = spec(4, ge=1, doc="actions sampled from pi_hat per next / initial state")
+
+
+def episode_starts(batch: Batch) -> Tensor:
+    """``[N, T, E]`` bool: the samples that begin an episode (t = 0 or right after a done)."""
+    done = batch.terminated | batch.truncated
+    start = torch.zeros_like(done)
+    start[:, 0] = True
+    start[:, 1:] = done[:, :-1]
+    return start
 
 
 def discounted_visitation(batch: Batch, gamma: float) -> Tensor:
@@ -59,6 +76,21 @@ def discounted_visitation(batch: Batch, gamma: float) -> Tensor:
         step[:, i] = torch.where(done[:, i - 1], torch.zeros(n, e), step[:, i - 1] + 1)
     w = gamma ** step
     return w / w.sum(dim=(1, 2), keepdim=True)
+
+
+def concat_time(batches: list[Batch]) -> Batch:
+    """The batches of several steps as one (stacked along time), each batch's last step marked as an
+    episode boundary (the rollout was cut there); only the fields DualDICE reads."""
+    cat = lambda name: torch.cat([getattr(b, name) for b in batches], dim=1)  # noqa: E731
+    cut = []
+    for b in batches:
+        t = b.truncated.clone()
+        t[:, -1] = ~b.terminated[:, -1]
+        cut.append(t)
+    first = batches[0]
+    return Batch(obs=cat("obs"), act=cat("act"), logp=cat("logp"), rew=cat("rew"), cost=cat("cost"),
+                 terminated=cat("terminated"), truncated=torch.cat(cut, dim=1), next_obs=cat("next_obs"),
+                 ep_return=first.ep_return, ep_cost=first.ep_cost, ep_count=first.ep_count)
 
 
 @register_outer("online_dualdice", "Meta-SRL: CRPO's init and step size by online learning on estimated bounds")
@@ -93,13 +125,47 @@ class NeuralOnlineDualDICE(OuterUpdater):
         m1, s1 = self.ctx.inner.actor_fn(params, obs)
         return (gaussian_kl(m0, s0, m1, s1) * weights.reshape(n, t * e)).sum(-1)
 
+    def dualdice_weights(self, pi_hat: dict, data: Batch, gamma: float) -> tuple[Tensor, float]:
+        """Per-sample max(w, 0) / sum, w = d^{pi_hat} / d^D by feature DualDICE on ``data`` (one task per row)."""
+        cfg = self.cfg
+        out, means = torch.zeros(data.rew.shape), []
+        for i in range(data.n_tasks):
+            obs, act, nxt = data.obs[i].flatten(0, 1), data.act[i].flatten(0, 1), data.next_obs[i].flatten(0, 1)
+            obs0 = data.obs[i][episode_starts(data)[i]]
+            x = torch.cat([obs, act], -1)
+            mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
+            sub = (x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:512]] - mu) / sd
+            bandwidth = float(torch.cdist(sub, sub).median().clamp(min=1e-3)) * cfg.rff_bandwidth
+            rff = RandomFourierFeatures(x.shape[-1], cfg.rff_features, bandwidth, seed=self.t)
+            feat = lambda o, a: rff((torch.cat([o, a], -1) - mu) / sd)  # noqa: E731
+
+            def expected(states: Tensor) -> Tensor:
+                with torch.no_grad():
+                    mean, log_std = self.ctx.inner.actor_fn({k: v[i:i + 1] for k, v in pi_hat.items()},
+                                                            states.unsqueeze(0))
+                samples = [feat(states, (mean + log_std.exp() * torch.randn_like(mean))[0])
+                           for _ in range(cfg.action_samples)]
+                return torch.stack(samples).mean(0)
+
+            w, mean_w = feature_dualdice(feat(obs, act), expected(nxt), expected(obs0), gamma)
+            w = w.clamp(min=0.0).float()
+            out[i] = (w / w.sum().clamp(min=1e-12)).reshape(data.rew.shape[1:])
+            means.append(mean_w)
+        return out, float(np.mean(means))
+
     def update(self, result: AdaptationResult, tasks: list[Task]) -> dict[str, float]:
         cfg, meta = self.cfg, self.ctx.meta
         self.t += 1
         alpha = self.alpha
-        final = result.batches[-1]
-        weights = discounted_visitation(final, self.ctx.cfg.critic.gamma)
+        gamma = self.ctx.cfg.critic.gamma
         pi_hat = detach(result.params[-1])
+        if cfg.visitation == "on_policy":
+            final = result.batches[-1]
+            weights = discounted_visitation(final, gamma)
+            mean_w = 1.0
+        else:
+            final = concat_time(result.batches[:-1])
+            weights, mean_w = self.dualdice_weights(pi_hat, final, gamma)
         phi_t = stack({k: v.detach() for k, v in meta.theta.items()}, len(tasks))
         distance = float(self.weighted_kl(pi_hat, phi_t, final, weights).mean())
         g2 = sum(float((2 * info["kl"] / (alpha**2 * info["step_scale"].clamp(min=1e-6) ** 2)).mean())
@@ -122,7 +188,7 @@ class NeuralOnlineDualDICE(OuterUpdater):
         self.critics = CriticParams(detach(result.critics.reward), detach(result.critics.cost))
         after = float(self.weighted_kl(pi_hat, stack({k: v.detach() for k, v in meta.theta.items()}, len(tasks)),
                                        final, weights).mean())
-        return {"meta_srl/distance": distance, "meta_srl/distance_after": after, "meta_srl/G": math.sqrt(g2),
+        return {"meta_srl/mean_weight": mean_w, "meta_srl/distance": distance, "meta_srl/distance_after": after, "meta_srl/G": math.sqrt(g2),
                 "meta_srl/bound": float(step_size_bound(alpha, distance, cfg.eps, g2)),
                 "meta_srl/alpha": alpha, "meta_srl/alpha_next": self.alpha}
 
