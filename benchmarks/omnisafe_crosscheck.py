@@ -11,8 +11,10 @@ family `safemeta.envs.safety_gym_plain`), or on ONE fixed task of a built-in fam
 ``--task-seed``), with the same policy/critic sizes (64, 64, tanh: both defaults), env steps per epoch,
 epochs, cost limit (the family's d) and seeds. Ours runs as a single policy trained by the inner solver
 on that task (preset ``pretrained``, one task per iteration, the task pinned by setting every split range
-of the family to the task's value), one meta-iteration per epoch. Reported: the last epoch's mean episode
-return and cost (mean and spread over seeds) and wall time per run, with the ratio ours / OmniSafe.
+of the family to the task's value), one meta-iteration per epoch. Reported: the mean episode return and
+cost of the last 50 episodes of training (OmniSafe's own statistic: its logger's window; ours is computed
+over the same window), mean and spread over seeds, and wall time per run with the ratio ours / OmniSafe.
+Every finished run is saved under ``--out``/results/<setup>/ and read back instead of rerun.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ import torch
 
 PAIRS = {"cpo": "CPO", "trpolag": "TRPOLag", "crpo": "OnCRPO", "trpo": "TRPO"}  # trpo: the unconstrained control
 DEFAULT_ALGOS = ["cpo", "trpolag", "crpo"]
+# OmniSafe's Agent.learn() returns the mean of the last 50 episodes (its logger's window for Metrics/EpRet and
+# EpCost); ours is reported over the same window so that the two columns are the same statistic.
+OMNISAFE_WINDOW = 50
 
 
 def run_omnisafe(algo: str, env_id: str, seed: int, args, d: float) -> tuple[float, float, float]:
@@ -72,9 +77,23 @@ def run_ours(inner: str, family: str, task, seed: int, args) -> tuple[float, flo
                     "episodes_per_env": 1, "num_threads": 1}}), ("--set", parse_set(args.set))])
     trainer = MetaTrainer(cfg)
     start = time.perf_counter()
+    history = []
     for _ in range(args.epochs):
         row = trainer.train_iteration()
-    return row["train/return_0"], row["train/cost_0"], time.perf_counter() - start
+        history.append((row["train/return_0"], row["train/cost_0"], args.steps_per_epoch // horizon))
+    ret, cost = last_episodes(history, OMNISAFE_WINDOW)
+    return ret, cost, time.perf_counter() - start
+
+
+def last_episodes(history: list[tuple[float, float, int]], window: int) -> tuple[float, float]:
+    """Mean return and cost of the last ``window`` episodes from per-epoch (mean return, mean cost, episodes)."""
+    total, ret, cost = 0, 0.0, 0.0
+    for r, c, n in reversed(history):
+        take = min(n, window - total)
+        ret, cost, total = ret + take * r, cost + take * c, total + take
+        if total >= window:
+            break
+    return ret / total, cost / total
 
 
 def cached(path: Path, run: bool, fn) -> tuple[float, float, float]:
@@ -141,7 +160,7 @@ def main() -> None:
         theirs = PAIRS[ours]
         res = {"ours": [], "omnisafe": []}
         for seed in args.seeds:
-            res["ours"].append(cached(ours_store / f"ours-{ours}-s{seed}.json", args.only != "omnisafe",
+            res["ours"].append(cached(ours_store / f"ours-{ours}-s{seed}-w{OMNISAFE_WINDOW}.json", args.only != "omnisafe",
                                       lambda: run_ours(ours, args.family, task, seed, args)))
             res["omnisafe"].append(cached(omni_store / f"omnisafe-{theirs}-s{seed}.json", args.only != "ours",
                                           lambda: run_omnisafe(theirs, env_id, seed, args, d)))
@@ -154,7 +173,8 @@ def main() -> None:
                     f"{wall['ours'] / wall['omnisafe']:.2f} |".replace("nan", "-"))
     print()
     print(f"{args.family} (task seed {args.task_seed}), d = {d}, {args.epochs} epochs x {args.steps_per_epoch} "
-          f"env steps, seeds {args.seeds}; last-epoch episode return / cost, mean +- std over seeds")
+          f"env steps, seeds {args.seeds}; mean episode return / cost of the last {OMNISAFE_WINDOW} training episodes, "
+          "mean +- std over seeds")
     print("| ours / OmniSafe | return (ours) | return (OmniSafe) | cost (ours) | cost (OmniSafe) | "
           "s/run (ours) | s/run (OmniSafe) | wall ratio |")
     print("|---|---|---|---|---|---|---|---|")

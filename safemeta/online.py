@@ -8,7 +8,9 @@
         learner.observe(pi_hat_t, the transitions)
     TAOG_t = mean_{tau <= t} gap_tau,  TACV_t = mean_{tau <= t} viol_tau
 
-A grid file (``leaderboards/grids/meta-srl-*.yaml``) names learners x task distributions x seeds;
+On a family without exact tables the same grids run `safemeta.online_continuous` (gaps estimated against
+long-trained references). A grid file (``leaderboards/grids/meta-srl-*.yaml``) names learners x task
+distributions x seeds;
 ``safemeta online GRID`` runs the cells it has not run yet (each writes ``<runs>/<grid>/<setting>/
 <learner>-s<seed>.csv``) and writes the board (table + TAOG / TACV curves) into ``leaderboards/meta-srl/``.
 """
@@ -48,16 +50,21 @@ class OnlineConfig:
     pretrain_steps: int = spec(300, ge=1, doc="CRPO steps of the pretrained baseline on its one task")
 
 
-def build_online_config(data: dict, source: str = "online config") -> tuple[OnlineConfig, Any, Any]:
-    """Validate ``data`` into an `OnlineConfig`, the learner's config and the family."""
+def build_online_config(data: dict, source: str = "online config") -> tuple[Any, Any, Any]:
+    """Validate ``data``: for a tabular family (one with ``cmdp(task)``) an `OnlineConfig`, the learner's
+    config and the family; for any other family a `ContinuousOnlineConfig` (and two Nones)."""
+    from safemeta.online_continuous import ContinuousOnlineConfig
+
     v = Validator({})
+    env = data.get("env", OnlineConfig.env)
+    family_cls = registry.env.get(env) if isinstance(env, str) else None
+    if family_cls is not None and not hasattr(family_cls, "cmdp"):
+        cfg = v.build(ContinuousOnlineConfig, data, "")
+        v.build(family_cls.Config, cfg.env_cfg, "env_cfg.")
+        return cfg, None, None
     cfg: OnlineConfig = v.build(OnlineConfig, data, "")
     learner_cls = registry.online.get(cfg.learner)
     family_cls = registry.env.get(cfg.env)
-    if not hasattr(family_cls, "cmdp"):
-        tabular = [n for n in registry.env.names() if hasattr(registry.env.get(n), "cmdp")]
-        raise UserError(f"{source}: env '{cfg.env}' has no exact tables; the online protocol needs a tabular "
-                        f"family: {', '.join(tabular)}.")
     learner_cfg = v.build(learner_cls.Config, cfg.learner_cfg, "learner_cfg.")
     family = family_cls(v.build(family_cls.Config, cfg.env_cfg, "env_cfg."))
     return cfg, learner_cfg, family
@@ -205,7 +212,14 @@ def run_online_grid(path: str | Path, progress: bool = True) -> Path:
             data = _cell(grid, setting, learner, seed)
             cfg, learner_cfg, family = build_online_config(data)
             task_bar = bar.add_task(f"{setting} {learner} s{seed}", total=cfg.tasks)
-            rows = run_online(cfg, learner_cfg, family, on_task=lambda _r, tb=task_bar: bar.advance(tb))
+            tick = lambda _r, tb=task_bar: bar.advance(tb)  # noqa: E731
+            if family is None:  # a continuous family: references cached per setting and seed
+                from safemeta.online_continuous import run_online_continuous
+
+                cache = grid.runs / grid.name / setting / f"reference-s{seed}.json"
+                rows = run_online_continuous(cfg, cache, on_task=tick)
+            else:
+                rows = run_online(cfg, learner_cfg, family, on_task=tick)
             write_rows(cell_path(grid, setting, learner, seed), rows, data)
             bar.remove_task(task_bar)
             bar.advance(cells_bar)

@@ -69,11 +69,10 @@ def episode_starts(batch: Batch) -> Tensor:
 
 def discounted_visitation(batch: Batch, gamma: float) -> Tensor:
     """Weights ``[N, T, E]`` summing to one per task: gamma^(step within the episode), normalized."""
-    n, t, e = batch.rew.shape
-    done = batch.terminated | batch.truncated
-    step = torch.zeros(n, t, e)
-    for i in range(1, t):
-        step[:, i] = torch.where(done[:, i - 1], torch.zeros(n, e), step[:, i - 1] + 1)
+    start = episode_starts(batch)
+    step = torch.zeros(batch.rew.shape)
+    for i in range(1, step.shape[1]):
+        step[:, i] = torch.where(start[:, i], 0.0, step[:, i - 1] + 1)
     w = gamma ** step
     return w / w.sum(dim=(1, 2), keepdim=True)
 
