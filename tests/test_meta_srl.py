@@ -178,3 +178,23 @@ def test_meta_srl_refuses_an_inner_solver_without_step_sizes(make_config):
 
     with pytest.raises(UserError, match="step size steps.*Inner solvers that do: crpo"):
         MetaTrainer(make_config(algo="meta_srl", inner="trpolag"))
+
+
+def test_continuous_online_protocol_runs_every_learner_and_reuses_its_references(tmp_path):
+    from safemeta.online_continuous import run_online_continuous
+
+    cache = tmp_path / "reference.json"
+    results = {}
+    for learner in ("meta_srl", "fal", "random", "pretrained"):
+        cfg, _, _ = build_online_config({"env": "tiny-nav", "learner": learner, "tasks": 3, "steps": 2,
+                                         "reference_steps": 4, "pretrain_iters": 2, "envs_per_task": 4})
+        results[learner] = run_online_continuous(cfg, cache)
+        stamp = cache.stat().st_mtime_ns
+    assert cache.stat().st_mtime_ns == stamp  # computed once, read back by the later learners
+    refs = {tuple(r["J_r_ref"] for r in rows) for rows in results.values()}
+    assert len(refs) == 1  # every learner is measured against the same references
+    for rows in results.values():
+        assert [r["t"] for r in rows] == [1, 2, 3]
+        assert all(np.isfinite(r["gap"]) and r["violation"] >= 0 for r in rows)
+        assert rows[-1]["taog"] == pytest.approx(np.mean([r["gap"] for r in rows]))
+    assert "learner/alpha_next" in results["meta_srl"][-1]
