@@ -12,6 +12,7 @@ import math
 import torch
 
 from safemeta.batch import Batch
+from safemeta.obs_norm import RunningObsNorm
 from safemeta.params import Params
 from safemeta.policy import GaussianActor, batched
 from safemeta.vec_cmdp import VecCMDP
@@ -20,15 +21,18 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class Collector:
-    def __init__(self, actor: GaussianActor):
+    def __init__(self, actor: GaussianActor, obs_norm: RunningObsNorm | None = None):
         self.actor_fn = batched(actor)
+        self.obs_norm = obs_norm  # normalizes what the policy sees and the batch stores; gets the raw moments
 
     @torch.no_grad()
     def collect(self, params: Params, venv: VecCMDP, episodes_per_env: int, gen: torch.Generator) -> Batch:
         n, e = venv.n_tasks, venv.envs_per_task
         steps = episodes_per_env * venv.horizon
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        obs = venv.reset(seed)
+        norm = self.obs_norm if self.obs_norm is not None else (lambda o: o)
+        raw = venv.reset(seed)
+        obs = norm(raw)
         buf: dict[str, torch.Tensor] = {}
 
         def put(name: str, t: int, v: torch.Tensor) -> None:
@@ -49,10 +53,13 @@ class Collector:
             noise = torch.randn(mean.shape, generator=gen)
             act = mean + log_std.exp() * noise
             logp = (-0.5 * noise.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
-            nxt, rew, cost, term, trunc, info = venv.step(act.reshape(n * e, -1))
+            if self.obs_norm is not None:
+                self.obs_norm.observe(raw)
+            raw, rew, cost, term, trunc, info = venv.step(act.reshape(n * e, -1))
+            nxt = norm(raw)
             for k, v in (("obs", obs), ("act", act.reshape(n * e, -1)), ("logp", logp.reshape(n * e)),
                          ("rew", rew), ("cost", cost), ("term", term), ("trunc", trunc),
-                         ("next_obs", info["final_obs"])):
+                         ("next_obs", norm(info["final_obs"]))):
                 put(k, t, v)
             ep_ret += rew
             ep_cost += cost

@@ -30,6 +30,7 @@ from safemeta.collector import Collector
 from safemeta.config.schema import Config
 from safemeta.evaluation import MetaTestSpec, meta_test
 from safemeta.model import MetaParams, build_modules, init_meta_params, stacked_theta
+from safemeta.obs_norm import RunningObsNorm
 
 
 def planned_iterations(cfg: Config) -> int:
@@ -49,7 +50,9 @@ class MetaTrainer:
         self.actor, self.critics = build_modules(cfg, self.obs_dim, self.act_dim)
         self.meta: MetaParams = init_meta_params(self.actor, self.critics, self.obs_dim, cfg)
         self.inner = registry.inner.get(cfg.inner)(cfg.inner_params, self.actor)
-        self.adapter = Adapter(Collector(self.actor), self.critics, self.inner)
+        pc = cfg.policy
+        self.obs_norm = RunningObsNorm(self.obs_dim, pc.obs_clip) if pc.obs_normalize else None
+        self.adapter = Adapter(Collector(self.actor, self.obs_norm), self.critics, self.inner)
         outer_cls: type[OuterUpdater] = registry.outer.get(cfg.outer)
         self.outer = outer_cls(cfg.outer_params, OuterContext(self.inner, self.critics, self.meta, cfg, self.family))
         self.np_rng = np.random.default_rng(cfg.seed)
@@ -82,6 +85,8 @@ class MetaTrainer:
                 metrics[f"inner/{key}"] = float(value.float().mean())
             self.counters["env_steps"] += result.env_steps
             self.counters["train_cost_paid"] += result.episode_cost_paid()
+        if self.obs_norm is not None:  # this iteration's observations join the normalization from now on
+            self.obs_norm.commit()
         self.iteration += 1
         self.counters["wall_time"] += time.perf_counter() - t0
         return {"iter": self.iteration, **self.counters, **metrics}
@@ -90,13 +95,17 @@ class MetaTrainer:
         ev = self.cfg.eval
         spec = MetaTestSpec(tasks or ev.tasks, ev.adapt_steps if adapt_steps is None else adapt_steps,
                             ev.envs_per_task, ev.episodes_per_env, ev.seed if seed is None else seed)
-        return meta_test(self.adapter, self.family, self.meta, self.outer, spec, self.cfg.trainer.device)
+        report = meta_test(self.adapter, self.family, self.meta, self.outer, spec, self.cfg.trainer.device)
+        if self.obs_norm is not None:  # meta-test rollouts do not move the normalization
+            self.obs_norm.discard()
+        return report
 
     # -- checkpoint state ---------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"iteration": self.iteration, "meta": self.meta.state_dict(), "outer": self.outer.state_dict(),
                 "counters": dict(self.counters), "np_rng": self.np_rng.bit_generator.state,
-                "torch_gen": self.gen.get_state(), "torch_global": torch.get_rng_state()}
+                "torch_gen": self.gen.get_state(), "torch_global": torch.get_rng_state(),
+                "obs_norm": self.obs_norm.state_dict() if self.obs_norm is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.iteration = state["iteration"]
@@ -110,6 +119,8 @@ class MetaTrainer:
         self.np_rng.bit_generator.state = state["np_rng"]
         self.gen.set_state(state["torch_gen"])
         torch.set_rng_state(state["torch_global"])
+        if self.obs_norm is not None and state.get("obs_norm") is not None:
+            self.obs_norm.load_state_dict(state["obs_norm"])
 
     def load_checkpoint(self, run_dir: Path) -> Path:
         state, path = Checkpointer(run_dir).load_latest()
@@ -119,6 +130,8 @@ class MetaTrainer:
     def act(self, obs: torch.Tensor, params: dict | None = None, deterministic: bool = True) -> torch.Tensor:
         """Actions of the meta-policy (or of given unstacked params) for observations ``[..., obs_dim]``."""
         p = params if params is not None else {k: v.detach() for k, v in self.meta.theta.items()}
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
         with torch.no_grad():
             mean, log_std = torch.func.functional_call(self.actor, p, (obs,))
             return mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
@@ -130,4 +143,6 @@ class MetaTrainer:
         state = self.inner.init_state(1, self.family.cost_limit_for(task.split), **self.outer.inner_overrides([task]))
         result = self.adapter.adapt(stacked_theta(self.meta, 1), venv, steps, state, self.outer.initial_critics(1),
                                     tr.episodes_per_env, torch.Generator().manual_seed(seed), final_rollout=False)
+        if self.obs_norm is not None:
+            self.obs_norm.discard()
         return {k: v[0].detach() for k, v in result.params[-1].items()}

@@ -27,6 +27,8 @@ class PolicyConfig:
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: Literal["tanh", "relu", "elu"] = "tanh"
     init_log_std: float = spec(-0.5, doc="initial log standard deviation of the Gaussian")
+    obs_normalize: bool = spec(False, doc="running mean / std normalization of observations (safemeta.obs_norm)")
+    obs_clip: float = spec(5.0, gt=0, doc="clip of the normalized observations")
 
 
 @dataclass

@@ -1,0 +1,54 @@
+"""Running observation normalization (``policy.obs_normalize``), as OmniSafe's ``ObsNormalize`` does it.
+
+Actor and critics see clip((o - mean) / sqrt(var + eps), -clip, clip) with mean / var the running moments
+of every raw observation collected in meta-training so far. The moments only change *between*
+meta-iterations: the collector accumulates an iteration's raw observations as pending (`observe`), and the
+trainer folds them in when the iteration ends (`commit`); meta-test rollouts are dropped (`discard`).
+So every batch of one iteration, and every replay of it, sees one fixed normalization.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class RunningObsNorm:
+    def __init__(self, obs_dim: int, clip: float = 5.0, eps: float = 1e-8):
+        self.clip, self.eps = float(clip), float(eps)
+        self.mean = torch.zeros(obs_dim, dtype=torch.float64)
+        self.var = torch.ones(obs_dim, dtype=torch.float64)
+        self.count = 0.0
+        self.discard()
+
+    def __call__(self, obs: Tensor) -> Tensor:
+        z = (obs - self.mean.to(obs.dtype)) / torch.sqrt(self.var + self.eps).to(obs.dtype)
+        return z.clamp(-self.clip, self.clip)
+
+    def observe(self, obs: Tensor) -> None:
+        x = obs.detach().reshape(-1, obs.shape[-1]).to(torch.float64)
+        self._n += x.shape[0]
+        self._sum += x.sum(0)
+        self._sumsq += x.pow(2).sum(0)
+
+    def commit(self) -> None:
+        """Merge the pending moments into the running ones (Chan et al.'s parallel update)."""
+        if self._n:
+            mean_b = self._sum / self._n
+            var_b = (self._sumsq / self._n - mean_b.pow(2)).clamp(min=0.0)
+            total = self.count + self._n
+            delta = mean_b - self.mean
+            m2 = self.var * self.count + var_b * self._n + delta.pow(2) * self.count * self._n / total
+            self.mean = self.mean + delta * self._n / total
+            self.var = m2 / total
+            self.count = total
+        self.discard()
+
+    def discard(self) -> None:
+        self._n, self._sum, self._sumsq = 0, torch.zeros_like(self.mean), torch.zeros_like(self.mean)
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.clone(), "var": self.var.clone(), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = state["mean"].clone(), state["var"].clone(), float(state["count"])
+        self.discard()
