@@ -12,9 +12,10 @@ With f(x) = |x|^p / p and its conjugate f*(y) = |y|^q / q (1/p + 1/q = 1), DualD
 whose solution has zeta*(s, a) = f'((nu* - B^pi nu*)(s, a)) = w(s, a), with (B^pi nu)(s, a) =
 gamma E[nu(s', a')]. Conventions follow `safemeta.tabular`: d^pi is the normalized discounted occupancy.
 
-``tabular_dualdice``: nu and zeta tables over S x A, expectations over pi(a'|s') taken exactly, p = 2: the
-saddle point of the empirical objective in closed form; the estimate converges to the true ratio as data
-grows (tested against `safemeta.tabular.occupancy_ratio`). It returns a `DualDICEResult` with the sanity
+``tabular_dualdice``: nu and zeta tables over S x A, expectations over pi(a'|s') taken exactly, any p > 1:
+for p = 2 the saddle point of the empirical objective in closed form, for other p the inner maximum in
+closed form per (s, a) and the outer (convex) minimum over nu by L-BFGS; the estimate converges to the
+true ratio as data grows (tested against `safemeta.tabular.occupancy_ratio`, for p = 1.5, 2 and 3). It returns a `DualDICEResult` with the sanity
 statistic E_D[w] (1 for an exact ratio: d^pi sums to one).
 
 ``feature_dualdice``: the same saddle problem with nu and zeta linear in a feature map phi(s, a) (tables
@@ -43,15 +44,22 @@ class DualDICEResult:
 
 
 def tabular_dualdice(n_states: int, n_actions: int, s: np.ndarray, a: np.ndarray, s_next: np.ndarray,
-                     s0: np.ndarray, pi: np.ndarray, gamma: float, ridge: float = 1e-10) -> DualDICEResult:
-    """The p = 2 DualDICE saddle point with table-valued nu and zeta, solved exactly.
+                     s0: np.ndarray, pi: np.ndarray, gamma: float, ridge: float = 1e-10, p: float = 2.0
+                     ) -> DualDICEResult:
+    """The DualDICE saddle point with table-valued nu and zeta and f(x) = |x|^p / p.
 
     With x_i = e_{s_i a_i} - gamma sum_a' pi(a'|s'_i) e_{s'_i a'}, C = 1/n sum_i e_{s_i a_i} x_i^T, the
     empirical data distribution D = diag(d_hat) and m0 = mean_j sum_a pi(a|s0_j) e_{s0_j a}: the inner
     maximum is zeta = D^-1 C nu (the per-(s, a) mean of nu - gamma nu', *not* the per-sample residual, which
     would bring back the double-sampling bias), and the outer minimum solves (C^T D^-1 C) nu = (1 - gamma) m0.
     Then C^T zeta = (1 - gamma) m0: d_hat * zeta satisfies the empirical flow equation of pi's occupancy.
+
+    Any p > 1: the inner maximum per (s, a) is still closed-form, zeta = f'(xbar) with xbar = D^-1 C nu and
+    f'(x) = sign(x) |x|^(p-1), worth d_hat f(xbar); the outer problem min_nu sum d_hat f(xbar) - (1 - gamma)
+    m0^T nu (+ ridge |nu|^2 / 2) is convex and is solved by L-BFGS from the p = 2 solution.
     """
+    if p <= 1:
+        raise ValueError(f"DualDICE needs p > 1 (f(x) = |x|^p / p strictly convex), got p={p}")
     sa = n_states * n_actions
     n = len(s)
     pi = np.asarray(pi, dtype=np.float64)
@@ -66,11 +74,33 @@ def tabular_dualdice(n_states: int, n_actions: int, s: np.ndarray, a: np.ndarray
     np.add.at(m0, (s0[:, None] * n_actions + np.arange(n_actions)).ravel(), (pi[s0] / len(s0)).ravel())
     d_inv = n / np.maximum(counts, 1.0)
     nu = np.linalg.solve(c.T @ (d_inv[:, None] * c) + ridge * np.eye(sa), (1.0 - gamma) * m0)
-    w = (d_inv * (c @ nu)).reshape(n_states, n_actions)
+    if p != 2.0:
+        nu = _minimize_dual(torch.from_numpy(c), torch.from_numpy(counts / n), torch.from_numpy(d_inv),
+                            torch.from_numpy((1.0 - gamma) * m0), torch.from_numpy(nu), p, ridge).numpy()
+    xbar = d_inv * (c @ nu)
+    w = (np.sign(xbar) * np.abs(xbar) ** (p - 1.0)).reshape(n_states, n_actions)
     d_data = counts.reshape(n_states, n_actions) / n
     state_mass = d_data.sum(1)
     state_w = np.where(state_mass > 0, (w * d_data).sum(1) / np.maximum(state_mass, 1e-300), 0.0)
     return DualDICEResult(w, float((w * d_data).sum()), state_w)
+
+
+def _minimize_dual(c: Tensor, d_hat: Tensor, d_inv: Tensor, lin: Tensor, nu0: Tensor, p: float, ridge: float,
+                   iters: int = 10_000) -> Tensor:
+    """argmin_nu sum_sa d_hat |xbar|^p / p - lin^T nu + ridge |nu|^2 / 2, xbar = d_inv * (C nu) (float64)."""
+    nu = nu0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([nu], lr=1.0, max_iter=iters, tolerance_grad=1e-10, tolerance_change=1e-16,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def objective() -> Tensor:
+        opt.zero_grad()
+        xbar = d_inv * (c @ nu)
+        loss = (d_hat * xbar.abs().pow(p)).sum() / p - lin @ nu + 0.5 * ridge * nu.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(objective)
+    return nu.detach()
 
 
 def feature_dualdice(phi: Tensor, phi_next_pi: Tensor, phi0_pi: Tensor, gamma: float,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from safemeta.config.loader import load_config
 from safemeta.config.schema import Config
@@ -124,7 +125,24 @@ def _budget(methods: list[Method]) -> list[str]:
     return sorted(lines)
 
 
-def write_board(family: str, methods: dict[tuple[str, str], Method], out: Path, command: str, grid: str | None) -> Path:
+def grids_for(family: str, runs_root: Path, grids_dir: str | Path | None) -> list[str]:
+    """The grid files in ``grids_dir`` that train ``family`` into ``runs_root`` (their ``out``), to cite on the board."""
+    if not grids_dir or not Path(grids_dir).is_dir():
+        return []
+    cited = []
+    for path in sorted(Path(grids_dir).glob("*.yaml")):
+        try:
+            spec = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        if (isinstance(spec, dict) and family in (spec.get("envs") or [])
+                and Path(str(spec.get("out", ""))).resolve() == runs_root.resolve()):
+            cited.append(str(path))
+    return cited
+
+
+def write_board(family: str, methods: dict[tuple[str, str], Method], out: Path, command: str,
+                grids: list[str]) -> Path:
     from safemeta.plots import plot_adaptation, plot_training
 
     all_methods = list(methods.values())
@@ -153,7 +171,7 @@ def write_board(family: str, methods: dict[tuple[str, str], Method], out: Path, 
         md.append(f"| {i} | {row.method.label} | {'yes' if row.safe else 'no'} | {len(row.method.runs)} | "
                   + " | ".join(cells) + " |")
     md += ["", f"![adaptation curves]({adapt_png.name})", "", f"![meta-training curves]({train_png.name})", "",
-           "## How this board was made", "", "```", *([f"safemeta bench {grid}"] if grid else []), command, "```", "",
+           "## How this board was made", "", "```", *[f"safemeta bench {g}" for g in grids], command, "```", "",
            "Budgets:", "", *[f"- {b}" for b in _budget(all_methods)], "",
            f"Commit(s) of the runs: {', '.join(commits)}. Runs: `{first.path.parent.parent}`.", ""]
     board = out / f"{family}.md"
@@ -209,7 +227,6 @@ def make_leaderboards(runs_root: str | Path, out: str | Path, families: list[str
         raise UserError(f"No finished runs (with meta_test.json) under '{root}'.")
     boards = []
     for family, methods in sorted(by_family.items()):
-        grid = Path(grids_dir) / f"{family}.yaml" if grids_dir else None
-        boards.append(write_board(family, methods, out, command, str(grid) if grid and grid.exists() else None))
+        boards.append(write_board(family, methods, out, command, grids_for(family, root, grids_dir)))
     write_index(out, boards)
     return boards

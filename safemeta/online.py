@@ -226,6 +226,6 @@ def run_online_grid(path: str | Path, progress: bool = True) -> Path:
     console.print(f"grid {grid.name}: {len(cells)} cells, {len(todo)} run, {len(cells) - len(todo)} already there")
     from safemeta.online_board import write_online_board
 
-    board = write_online_board(grid)
+    board = write_online_board(grid, continuous=build_online_config(_cell(grid, *cells[0]))[2] is None)
     console.print(f"wrote {board}")
     return board

@@ -113,6 +113,21 @@ def test_leaderboard_from_two_fake_runs_has_right_rows_and_numbers(tmp_path):
     assert "| tiny-nav |" in readme.read_text()
 
 
+def test_board_cites_the_grids_that_write_its_family_into_these_runs(tmp_path):
+    root = tmp_path / "runs"
+    _fake_run(root, "fomaml_trpo", 0, returns=[[1, 2], [3, 4]], costs=[[0, 0], [1, 2]])
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    (grids / "a.yaml").write_text(json.dumps({"out": str(root), "envs": ["tiny-nav", "point-goal"]}))
+    (grids / "b.yaml").write_text(json.dumps({"out": str(tmp_path / "other"), "envs": ["tiny-nav"]}))
+    (grids / "c.yaml").write_text(json.dumps({"out": str(root), "envs": ["point-goal"]}))
+    (grids / "tiny-nav.yaml").write_text(json.dumps({"out": str(tmp_path / "elsewhere"), "envs": ["tiny-nav"]}))
+    make_leaderboards(root, tmp_path / "boards", None, "safemeta leaderboard", grids)
+    md = (tmp_path / "boards" / "tiny-nav.md").read_text()
+    assert f"safemeta bench {grids / 'a.yaml'}" in md
+    assert "b.yaml" not in md and "c.yaml" not in md and "tiny-nav.yaml" not in md
+
+
 def test_leaderboard_errors_name_the_problem(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         make_leaderboards(tmp_path / "nothing", tmp_path / "b", None, "x")

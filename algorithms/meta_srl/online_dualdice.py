@@ -85,6 +85,7 @@ class OnlineDualDICEConfig(StepSizeLearning):
     alpha_min: float = spec(1e-6, gt=0)
     alpha_max: float = spec(1.0, gt=0)
     visitation: Literal["dualdice", "exact"] = spec("dualdice", doc="exact: the oracle d^{pi_hat} (ablation only)")
+    dualdice_p: float = spec(2.0, gt=1, doc="DualDICE's f(x) = |x|^p / p (2: closed form; else L-BFGS)")
 
 
 def task_weights(cfg: StepSizeLearning, n: int) -> np.ndarray:
@@ -136,10 +137,11 @@ def local_norm(run: CRPORun, d_hat: np.ndarray, alpha: float) -> float:
     return total
 
 
-def estimated_visitation(run: CRPORun, n_states: int, n_actions: int, gamma: float) -> tuple[np.ndarray, float]:
-    """d_hat(s) of pi_hat by DualDICE on the run's transitions, and E_D[w]."""
+def estimated_visitation(run: CRPORun, n_states: int, n_actions: int, gamma: float, p: float = 2.0
+                         ) -> tuple[np.ndarray, float]:
+    """d_hat(s) of pi_hat by DualDICE (f(x) = |x|^p / p) on the run's transitions, and E_D[w]."""
     data = run.data
-    est = tabular_dualdice(n_states, n_actions, data.s, data.a, data.s_next, data.s0, run.policy, gamma)
+    est = tabular_dualdice(n_states, n_actions, data.s, data.a, data.s_next, data.s0, run.policy, gamma, p=p)
     d_data = np.bincount(data.s, minlength=n_states) / max(len(data), 1)
     d_hat = np.clip(d_data * est.state_weights, 0.0, None)
     total = d_hat.sum()
@@ -166,7 +168,7 @@ class OnlineDualDICE(OnlineLearner):
         if cfg.visitation == "exact":
             d_hat, mean_w = self.oracle_visitation(run.policy), 1.0
         else:
-            d_hat, mean_w = estimated_visitation(run, ctx.n_states, ctx.n_actions, ctx.gamma)
+            d_hat, mean_w = estimated_visitation(run, ctx.n_states, ctx.n_actions, ctx.gamma, self.cfg.dualdice_p)
         distance = distance_term(d_hat, run.policy, phi)
         eps = cfg.eps + abs(mean_w - 1.0)
         g2 = local_norm(run, d_hat, alpha)
