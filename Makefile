@@ -13,7 +13,7 @@ ARGS ?=
 STACK := numpy gymnasium mujoco pettingzoo pygame xmltodict imageio \
 	cvxpy cvxpylayers diffcp qpth \
 	pandas tensorboard wandb typer seaborn matplotlib moviepy gdown \
-	pyyaml rich pytest hypothesis setuptools wheel
+	pyyaml rich pytest hypothesis setuptools wheel ray
 NODEPS := safety-gymnasium gymnasium-robotics omnisafe
 
 .PHONY: venv train test test-all list clean-venv

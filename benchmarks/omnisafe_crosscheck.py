@@ -172,7 +172,8 @@ def main() -> None:
                     f"{spread([r[1] for r in res['omnisafe']])} | {wall['ours']:.0f} | {wall['omnisafe']:.0f} | "
                     f"{wall['ours'] / wall['omnisafe']:.2f} |".replace("nan", "-"))
     print()
-    print(f"{args.family} (task seed {args.task_seed}), d = {d}, {args.epochs} epochs x {args.steps_per_epoch} "
+    where = args.env_id if args.family == "sg-env" else f"{args.family} (task seed {args.task_seed})"
+    print(f"{where}, d = {d}, {args.epochs} epochs x {args.steps_per_epoch} "
           f"env steps, seeds {args.seeds}; mean episode return / cost of the last {OMNISAFE_WINDOW} training episodes, "
           "mean +- std over seeds")
     print("| ours / OmniSafe | return (ours) | return (OmniSafe) | cost (ours) | cost (OmniSafe) | "

@@ -11,6 +11,10 @@ keep the graph to theta_0.
 `replay` re-runs the K inner steps from other initial parameters on the *stored* batches (their
 importance-weighted surrogates): the post-adaptation objective as a deterministic function of theta,
 which a meta line search evaluates and finite differences check the meta-gradient against.
+
+A step that leaves a non-finite parameter or state value for a task (a NaN / Inf gradient or step) is
+not taken for that task: it keeps its previous parameters and state, and ``info["nonfinite_step"]`` is 1
+for it (the trainer logs its mean as ``inner/nonfinite_step``).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from safemeta.algorithms.inner.base import InnerSolver, State
 from safemeta.batch import Batch
 from safemeta.collector import Collector
 from safemeta.critics import CriticParams, Critics
-from safemeta.params import Params
+from safemeta.params import Params, select
 from safemeta.vec_cmdp import VecCMDP
 
 
@@ -35,6 +39,9 @@ class AdaptationResult:
     critics: CriticParams
     infos: list[dict[str, Tensor]] = field(default_factory=list)
     initial_state: State | None = None  # the inner solver's state before the first step
+    # task-summed terms an outer updater computed where the graph through the inner steps lives (a Ray
+    # worker; `OuterUpdater.shard_terms`), or None when it computes from ``params`` itself
+    meta_terms: dict[str, Tensor] | None = None
 
     @property
     def env_steps(self) -> int:
@@ -61,7 +68,7 @@ class Adapter:
         initial_state = {k: v.clone() for k, v in state.items()}
         for _ in range(steps):
             batch, critic_params = self.rollout(params, venv, critic_params, episodes_per_env, gen)
-            params, state, info = self.inner.step(params, batch, state, differentiable=differentiable)
+            params, state, info = finite_step(self.inner, params, batch, state, differentiable)
             batches.append(batch)
             infos.append(info)
             all_params.append(params)
@@ -71,6 +78,21 @@ class Adapter:
         return AdaptationResult(all_params, batches, state, critic_params, infos, initial_state)
 
 
+def finite_step(inner: InnerSolver, params: Params, batch: Batch, state: State, differentiable: bool
+                ) -> tuple[Params, State, dict[str, Tensor]]:
+    """``inner.step``, undone per task where it produced a non-finite parameter or state value."""
+    new_params, new_state, info = inner.step(params, batch, state, differentiable=differentiable)
+    ok = torch.ones(batch.n_tasks, dtype=torch.bool)
+    for v in (*new_params.values(), *new_state.values()):
+        if v.is_floating_point():
+            ok &= torch.isfinite(v.detach()).reshape(v.shape[0], -1).all(1)
+    if not bool(ok.all()):
+        new_params = select(params, ok, new_params)
+        new_state = {k: torch.where(ok.reshape(-1, *([1] * (v.dim() - 1))), v, state[k]) if v.is_floating_point()
+                     else v for k, v in new_state.items()}
+    return new_params, new_state, {**info, "nonfinite_step": (~ok).float()}
+
+
 def replay(inner: InnerSolver, init: Params, batches: list[Batch], state: State,
            differentiable: bool = False) -> Params:
     """theta_K from ``init`` by one inner step on each of ``batches`` in turn (no new rollouts); the
@@ -78,7 +100,7 @@ def replay(inner: InnerSolver, init: Params, batches: list[Batch], state: State,
     params = init
     with torch.enable_grad():
         for batch in batches:
-            params, state, _ = inner.step(params, batch, state, differentiable=differentiable)
+            params, state, _ = finite_step(inner, params, batch, state, differentiable)
     if not differentiable:
         params = {k: v.detach() for k, v in params.items()}
     return params

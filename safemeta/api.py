@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import subprocess
@@ -24,7 +25,7 @@ from safemeta.config.loader import load_config, save_config, to_dict
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
 from safemeta.evaluation import summary_metrics
-from safemeta.run_dir import new_run_dir
+from safemeta.run_dir import check_free_space, check_writable, new_run_dir
 from safemeta.task import Task
 from safemeta.tracking import MetricsLog, atomic_write_text
 from safemeta.trainer import MetaTrainer, planned_iterations
@@ -65,10 +66,20 @@ class Run:
 def train(cfg: Config, on_iteration: Callable[[dict], None] | None = None) -> Run:
     """Meta-train a new run in a fresh directory under ``cfg.out``."""
     trainer = MetaTrainer(cfg)  # validates names/capabilities before anything is written
+    check_free_space(cfg.out, space_needed(trainer))
     run_dir = new_run_dir(cfg.out, cfg.algo, cfg.inner, cfg.env, cfg.seed)
+    check_writable(run_dir)
     save_config(cfg, run_dir / "config.yaml")
     atomic_write_text(run_dir / "run.json", json.dumps(run_info(), indent=1))
     return _fit(trainer, run_dir, on_iteration)
+
+
+def space_needed(trainer: MetaTrainer) -> int:
+    """Bytes a run needs on disk: its kept checkpoints plus one being written, ~2 KB of logs per
+    iteration, and a margin."""
+    tr = trainer.cfg.trainer
+    ckpt = Checkpointer(Path("."), tr.keep_checkpoints).size_estimate(trainer.state_dict())
+    return ckpt * (tr.keep_checkpoints + 1) + 2048 * tr.iters + 2**20
 
 
 def run_info() -> dict:
@@ -93,8 +104,10 @@ def git_commit() -> str:
     return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
 
 
-def resume(run_dir: str | Path, iters: int | None = None, on_iteration: Callable[[dict], None] | None = None) -> Run:
-    """Continue a run from its latest readable checkpoint (from scratch if it never reached one)."""
+def resume(run_dir: str | Path, iters: int | None = None, on_iteration: Callable[[dict], None] | None = None,
+           executor: str | None = None, ray_address: str | None = None) -> Run:
+    """Continue a run from its latest readable checkpoint (from scratch if it never reached one), optionally
+    on another executor (its numbers depend on ``trainer.shards``, not on where the shards run)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"Cannot resume '{run_dir}': it is not a run directory (no config.yaml in it).")
@@ -102,7 +115,13 @@ def resume(run_dir: str | Path, iters: int | None = None, on_iteration: Callable
     if iters is not None and iters != cfg.trainer.iters:
         cfg.trainer.iters = iters
         save_config(cfg, run_dir / "config.yaml")
+    if executor is not None:
+        cfg.trainer.executor = executor
+    if ray_address is not None:
+        cfg.trainer.ray_address = ray_address
     trainer = MetaTrainer(cfg)
+    check_free_space(run_dir, space_needed(trainer))
+    check_writable(run_dir)
     if Checkpointer(run_dir).paths():
         path = trainer.load_checkpoint(run_dir)
         console.print(f"resumed from {path} (iteration {trainer.iteration})")
@@ -121,23 +140,33 @@ def _fit(trainer: MetaTrainer, run_dir: Path, on_iteration: Callable[[dict], Non
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("return {task.fields[ret]}  cost {task.fields[cost]}"), TimeElapsedColumn(),
                TimeRemainingColumn()]
-    with Progress(*columns, console=console, disable=not cfg.log.progress, transient=False) as progress:
-        bar = progress.add_task(f"{cfg.algo}/{cfg.inner} on {cfg.env}", total=total, completed=trainer.iteration,
-                                ret="-", cost="-")
-        while trainer.iteration < total:
-            row = trainer.train_iteration()
-            last = trainer.iteration == total
-            if last or (tr.eval_every and trainer.iteration % tr.eval_every == 0):
-                report = trainer.meta_test()
-                row.update(summary_metrics(report))
-            _check_finite(row)
-            log.log(row)
-            if last or trainer.iteration % tr.checkpoint_every == 0:
-                ckpt.save(trainer.state_dict(), trainer.iteration)
-            if on_iteration is not None:
-                on_iteration(row)
-            progress.update(bar, completed=trainer.iteration, ret=f"{row.get('train/return_K', math.nan):.3f}",
-                            cost=f"{row.get('train/cost_K', math.nan):.3f}")
+    try:
+        with Progress(*columns, console=console, disable=not cfg.log.progress, transient=False) as progress:
+            bar = progress.add_task(f"{cfg.algo}/{cfg.inner} on {cfg.env}", total=total, completed=trainer.iteration,
+                                    ret="-", cost="-")
+            while trainer.iteration < total:
+                row = trainer.train_iteration()
+                last = trainer.iteration == total
+                if last or (tr.eval_every and trainer.iteration % tr.eval_every == 0):
+                    report = trainer.meta_test()
+                    row.update(summary_metrics(report))
+                _check_finite(row)
+                log.log(row)
+                if last or trainer.iteration % tr.checkpoint_every == 0:
+                    ckpt.save(trainer.state_dict(), trainer.iteration)
+                if on_iteration is not None:
+                    on_iteration(row)
+                progress.update(bar, completed=trainer.iteration, ret=f"{row.get('train/return_K', math.nan):.3f}",
+                                cost=f"{row.get('train/cost_K', math.nan):.3f}")
+    except OSError as e:  # a log or checkpoint write failed mid-run (disk full, directory removed, ...)
+        if e.errno not in _DISK_ERRORS:
+            raise
+        last_ckpt = ckpt.paths()
+        raise UserError(f"Writing to the run directory '{run_dir}' failed at iteration {trainer.iteration}: "
+                        f"{e.strerror or e}. " + (f"The last good checkpoint is '{last_ckpt[-1]}': free space and "
+                        f"continue with `safemeta train --resume {run_dir}`." if last_ckpt else "")) from None
+    finally:
+        trainer.close()
     if report is None:  # no iteration ran (e.g. the `random` preset, or resuming a finished run)
         report = trainer.meta_test()
         if not ckpt.paths():
@@ -150,6 +179,9 @@ def _fit(trainer: MetaTrainer, run_dir: Path, on_iteration: Callable[[dict], Non
                   f"return {last['return_mean']:.3f}, cost {last['cost_mean']:.3f} (limit {report['cost_limit']}), "
                   f"tasks over the limit {last['violation_rate']:.0%}")
     return Run(run_dir, trainer)
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EIO}
 
 
 def _check_finite(row: dict) -> None:

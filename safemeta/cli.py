@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="root folder of run directories (default runs/)")
     t.add_argument("--config", help="YAML file layered over the preset and env overlay")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. trainer.iters=20")
+    t.add_argument("--executor", choices=["local", "ray"], help="where per-task adaptation runs (trainer.executor)")
+    t.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join, e.g. 10.0.0.1:6379 (trainer.ray_address; "
+                   "default: start a local Ray)")
+    t.add_argument("--shards", type=int, help="split each iteration's tasks into this many shards (trainer.shards)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
     t.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless log.wandb_mode says)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,8 +70,12 @@ def _user_layers(args: argparse.Namespace) -> list[tuple[str, dict]]:
     for key in ("algo", "inner", "env", "seed", "out"):
         if getattr(args, key) is not None:
             flags[key] = getattr(args, key)
-    if args.iters is not None:
-        flags["trainer"] = {"iters": args.iters}
+    trainer = {k: v for k, v in (("iters", args.iters), ("executor", args.executor),
+                                 ("ray_address", args.ray_address), ("shards", args.shards)) if v is not None}
+    if args.ray_address is not None and args.executor is None:
+        trainer["executor"] = "ray"
+    if trainer:
+        flags["trainer"] = trainer
     if args.wandb:
         flags["log"] = {"wandb": True}
     if args.no_progress:
@@ -83,12 +91,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     import safemeta
 
     if args.resume:
-        given = [f"--{k}" for k in ("algo", "inner", "env", "seed", "out", "config", "set")
+        given = [f"--{k.replace('_', '-')}" for k in ("algo", "inner", "env", "seed", "out", "config", "set", "shards")
                  if getattr(args, k) not in (None, [])]
         if given:
             raise UserError(f"--resume continues a run with its saved config; drop {', '.join(given)} "
-                            "(only --iters may extend it).")
-        safemeta.resume(args.resume, args.iters)
+                            "(only --iters may extend it, and --executor / --ray-address move it).")
+        executor = args.executor or ("ray" if args.ray_address else None)
+        safemeta.resume(args.resume, args.iters, executor=executor, ray_address=args.ray_address)
         return
     cfg = safemeta.resolve_config(_user_layers(args))
     safemeta.train(cfg)

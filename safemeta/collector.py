@@ -15,7 +15,7 @@ from safemeta.batch import Batch
 from safemeta.obs_norm import RunningObsNorm
 from safemeta.params import Params
 from safemeta.policy import GaussianActor, batched
-from safemeta.vec_cmdp import VecCMDP
+from safemeta.vec_cmdp import VecCMDP, checked_reset, checked_step
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -31,7 +31,7 @@ class Collector:
         steps = episodes_per_env * venv.horizon
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         norm = self.obs_norm if self.obs_norm is not None else (lambda o: o)
-        raw = venv.reset(seed)
+        raw = checked_reset(venv, seed)
         obs = norm(raw)
         buf: dict[str, torch.Tensor] = {}
 
@@ -55,7 +55,7 @@ class Collector:
             logp = (-0.5 * noise.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
             if self.obs_norm is not None:
                 self.obs_norm.observe(raw)
-            raw, rew, cost, term, trunc, info = venv.step(act.reshape(n * e, -1))
+            raw, rew, cost, term, trunc, info = checked_step(venv, act.reshape(n * e, -1))
             nxt = norm(raw)
             for k, v in (("obs", obs), ("act", act.reshape(n * e, -1)), ("logp", logp.reshape(n * e)),
                          ("rew", rew), ("cost", cost), ("term", term), ("trunc", trunc),

@@ -43,6 +43,15 @@ class RunningObsNorm:
             self.count = total
         self.discard()
 
+    def pending(self) -> tuple[int, Tensor, Tensor]:
+        """The not yet committed moments (count, sum, sum of squares), e.g. to send from a Ray worker."""
+        return self._n, self._sum.clone(), self._sumsq.clone()
+
+    def add_pending(self, n: int, total: Tensor, total_sq: Tensor) -> None:
+        self._n += n
+        self._sum += total
+        self._sumsq += total_sq
+
     def discard(self) -> None:
         self._n, self._sum, self._sumsq = 0, torch.zeros_like(self.mean), torch.zeros_like(self.mean)
 

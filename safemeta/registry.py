@@ -136,10 +136,17 @@ def load_builtins() -> None:
             _current_source = "builtin"
 
 
+loaded_plugins: list[str] = []  # what load_plugin imported, in order (Ray workers import the same)
+
+
 def load_plugin(spec: str) -> None:
     """Import a user module by dotted name or file path so that its ``register_*`` calls run."""
     global _current_source
     load_builtins()
+    if spec.endswith(".py") or Path(spec).exists():
+        spec = str(Path(spec).resolve())
+    if spec in loaded_plugins:
+        return
     _current_source = f"plugin {spec}"
     try:
         path = Path(spec)
@@ -161,5 +168,6 @@ def load_plugin(spec: str) -> None:
                     raise UserError(f"Plugin module '{spec}' cannot be imported: no module named '{e.name}'. "
                                     "Pass a dotted module name on PYTHONPATH or a path to a .py file.") from None
                 raise
+        loaded_plugins.append(spec)
     finally:
         _current_source = "builtin"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -25,3 +26,31 @@ def new_run_dir(out: str | Path, algo: str, inner: str, env: str, seed: int) -> 
         except FileExistsError:
             continue
     raise UserError(f"Could not find a free run directory name under '{group}'.")
+
+
+def check_free_space(where: str | Path, need_bytes: int) -> None:
+    """Fail before training if the disk holding ``where`` (or its nearest existing parent) cannot take
+    ``need_bytes`` (the run's checkpoints and logs)."""
+    path = Path(where).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise UserError(f"Not enough disk space for the run under '{where}': {free / 2**20:.1f} MiB free on the disk "
+                        f"of '{path}', the run needs about {need_bytes / 2**20:.1f} MiB (checkpoints and logs). "
+                        "Free space or choose another --out.")
+
+
+def check_writable(run_dir: Path) -> None:
+    """Write, flush and remove a probe file in ``run_dir``: a read-only or full file system fails here, with
+    the path in the message, not at the first checkpoint."""
+    probe = run_dir / ".write-probe"
+    try:
+        with probe.open("wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        probe.unlink(missing_ok=True)
+        raise UserError(f"The run directory '{run_dir}' is not writable: {e.strerror or e}.") from None

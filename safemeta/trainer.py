@@ -6,16 +6,23 @@
         result = adapter.adapt(theta, venv, K, inner state from outer.inner_overrides,
                                critics from outer.initial_critics, differentiable=outer.needs_differentiable)
         metrics = outer.update(result, tasks)                      (the meta step)
+        a non-finite theta, critic or metric after it: the update is undone and logged (skipped_update)
         every eval_every: meta-test on held-out tasks; log; every checkpoint_every: checkpoint
 
 What a method needs is declared by its outer updater (``algorithms/outer/base.py``), so Meta-CPO
 (differentiable inner steps), C-MAML (meta-policy rollouts = batch 0, global cost critic via
 ``initial_critics``) and Meta-SRL (one task per iteration, per-task step size via
 ``inner_overrides``) run through this loop without special cases.
+
+Where the adaptation runs is the executor's business (``safemeta/executor.py``: local, or Ray actors
+with ``trainer.executor=ray``); the iteration's tasks are split into ``trainer.shards`` shards.
 """
 from __future__ import annotations
 
+import copy
+import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +35,9 @@ from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
 from safemeta.checkpoint import Checkpointer
 from safemeta.collector import Collector
 from safemeta.config.schema import Config
+from safemeta.errors import UserError
 from safemeta.evaluation import MetaTestSpec, meta_test
+from safemeta.executor import make_executor, split_jobs
 from safemeta.model import MetaParams, build_modules, init_meta_params, stacked_theta
 from safemeta.obs_norm import RunningObsNorm
 
@@ -58,7 +67,17 @@ class MetaTrainer:
         self.np_rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.iteration = 0
-        self.counters = {"env_steps": 0, "train_cost_paid": 0.0, "wall_time": 0.0}
+        self.counters = {"env_steps": 0, "train_cost_paid": 0.0, "wall_time": 0.0, "skipped_updates": 0}
+        tr = cfg.trainer
+        if (outer_cls.needs_differentiable and (tr.shards > 1 or tr.executor != "local")
+                and outer_cls.shard_terms is OuterUpdater.shard_terms):
+            raise UserError(f"outer updater '{cfg.outer}' differentiates through the inner steps but has no "
+                            "shard_terms, so it cannot run sharded: use trainer.shards=1 and trainer.executor=local.")
+        self.executor = make_executor(cfg)
+
+    def close(self) -> None:
+        """Stop the executor's workers (Ray actors); the trainer can still meta-test afterwards."""
+        self.executor.close()
 
     # -- one meta-iteration ---------------------------------------------------------------------
     def train_iteration(self) -> dict[str, Any]:
@@ -69,15 +88,13 @@ class MetaTrainer:
         if outer.needs_rollouts:
             tasks = self.family.sample(tr.tasks_per_iter, "train", self.np_rng)
             seed = int(self.np_rng.integers(2**31))
-            venv = self.family.make(tasks, tr.envs_per_task, tr.device, seed)
             n = len(tasks)
             state = self.inner.init_state(n, self.family.cost_limit_for("train"), **outer.inner_overrides(tasks))
-            theta = stacked_theta(self.meta, n, keep_graph=outer.needs_differentiable)
-            result: AdaptationResult = self.adapter.adapt(
-                theta, venv, tr.adapt_steps if outer.adapt else 0, state, outer.initial_critics(n),
-                tr.episodes_per_env, self.gen, final_rollout=outer.needs_post_rollout or not outer.adapt,
-                differentiable=outer.needs_differentiable)
-            metrics.update(outer.update(result, tasks))
+            jobs = split_jobs(tasks, state, outer.initial_critics(n), seed, self.gen, tr.shards,
+                              tr.adapt_steps if outer.adapt else 0, outer.needs_post_rollout or not outer.adapt,
+                              outer.needs_differentiable)
+            result: AdaptationResult = self.executor.run(self, jobs)
+            metrics.update(self._guarded_update(result, tasks))
             first, last = result.batches[0], result.batches[-1]
             metrics.update({"train/return_0": float(first.ep_return.mean()), "train/cost_0": float(first.ep_cost.mean()),
                             "train/return_K": float(last.ep_return.mean()), "train/cost_K": float(last.ep_cost.mean())})
@@ -90,6 +107,32 @@ class MetaTrainer:
         self.iteration += 1
         self.counters["wall_time"] += time.perf_counter() - t0
         return {"iter": self.iteration, **self.counters, **metrics}
+
+    def _guarded_update(self, result: AdaptationResult, tasks: list) -> dict[str, Any]:
+        """The outer update, undone when it leaves a non-finite value in theta, the meta critics or its
+        metrics (a NaN / Inf gradient, step or loss): the iteration then counts as a skipped update, and
+        nothing non-finite ever reaches theta or a checkpoint."""
+        before = (copy.deepcopy(self.meta.state_dict()), copy.deepcopy(self.outer.state_dict()))
+        metrics = self.outer.update(result, tasks)
+        bad = [f"theta.{k}" for k, v in self.meta.theta.items() if not bool(torch.isfinite(v).all())]
+        bad += [f"critic.{k}" for c in (self.meta.critic_reward, self.meta.critic_cost) for k, v in c.items()
+                if not bool(torch.isfinite(v).all())]
+        bad += [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+        if not bad:
+            return {**metrics, "skipped_update": 0.0}
+        self._restore(*before)
+        self.counters["skipped_updates"] += 1
+        warnings.warn(f"iteration {self.iteration + 1}: the outer update produced non-finite {', '.join(bad)}; "
+                      "it was undone (theta and the outer state are as before this update).", stacklevel=2)
+        return {**{k: v for k, v in metrics.items() if k not in bad}, "skipped_update": 1.0}
+
+    def _restore(self, meta_state: dict, outer_state: dict) -> None:
+        loaded = MetaParams.from_state_dict(meta_state)
+        with torch.no_grad():  # the same leaf tensors: the outer optimizer holds references to them
+            for k, p in self.meta.theta.items():
+                p.copy_(loaded.theta[k])
+        self.meta.critic_reward, self.meta.critic_cost = loaded.critic_reward, loaded.critic_cost
+        self.outer.load_state_dict(outer_state)
 
     def meta_test(self, tasks: int | None = None, adapt_steps: int | None = None, seed: int | None = None) -> dict:
         ev = self.cfg.eval
@@ -109,13 +152,8 @@ class MetaTrainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.iteration = state["iteration"]
-        loaded = MetaParams.from_state_dict(state["meta"])
-        with torch.no_grad():  # keep the same leaf tensors: the outer optimizer holds references to them
-            for k, p in self.meta.theta.items():
-                p.copy_(loaded.theta[k])
-        self.meta.critic_reward, self.meta.critic_cost = loaded.critic_reward, loaded.critic_cost
-        self.outer.load_state_dict(state["outer"])
-        self.counters = dict(state["counters"])
+        self._restore(state["meta"], state["outer"])
+        self.counters = {**self.counters, **state["counters"]}
         self.np_rng.bit_generator.state = state["np_rng"]
         self.gen.set_state(state["torch_gen"])
         torch.set_rng_state(state["torch_global"])

@@ -17,6 +17,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from safemeta.errors import UserError
+
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 _malloc_tuned = False
@@ -60,6 +62,43 @@ class VecCMDP(ABC):
 
     @abstractmethod
     def step(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict]: ...
+
+
+class EnvFault(UserError):
+    """A non-finite value crossing the VecCMDP boundary: an action going in, or an observation, reward or
+    cost coming out."""
+
+
+def _bad_tasks(v: Tensor, n_tasks: int) -> list[int]:
+    ok = torch.isfinite(v.detach()).reshape(n_tasks, -1).all(1)
+    return (~ok).nonzero().flatten().tolist()
+
+
+def check_finite(venv: VecCMDP, **values: Tensor) -> None:
+    """Raise `EnvFault` naming the field and the task indices if any value is NaN or infinite."""
+    flags = [torch.isfinite(v).all() for v in values.values() if v.is_floating_point()]
+    if not flags or bool(torch.stack(flags).all()):  # one synchronizing check in the common case
+        return
+    for name, v in values.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise EnvFault(f"{type(venv).__name__}: non-finite {name} for task(s) "
+                           f"{_bad_tasks(v, venv.n_tasks)[:10]} of {venv.n_tasks} (NaN or Inf at the VecCMDP boundary).")
+
+
+def checked_reset(venv: VecCMDP, seed: int | None = None) -> Tensor:
+    obs = venv.reset(seed)
+    check_finite(venv, **{"observation after reset": obs})
+    return obs
+
+
+def checked_step(venv: VecCMDP, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict]:
+    """``venv.step`` with the boundary checked: finite actions in (out-of-bound ones are the env's to clip),
+    finite observations, rewards, costs and final observations out."""
+    check_finite(venv, action=act)
+    out = venv.step(act)
+    obs, rew, cost, _, _, info = out
+    check_finite(venv, observation=obs, reward=rew, cost=cost, **{"final observation": info["final_obs"]})
+    return out
 
 
 class BatchedCMDP(VecCMDP):

@@ -70,6 +70,12 @@ class OuterUpdater(ABC):
     def initial_critics(self, n_tasks: int) -> CriticParams:
         return self.ctx.meta.critics_for(n_tasks)
 
+    def shard_terms(self, result: AdaptationResult) -> dict[str, Tensor] | None:
+        """For an outer updater that needs the graph through the inner steps (``needs_differentiable``):
+        what ``update`` needs from it, summed over ``result``'s tasks, computed where the graph lives (a
+        Ray worker's shard); ``update`` then finds the sums over all shards in ``result.meta_terms``."""
+        return None
+
     @abstractmethod
     def update(self, result: AdaptationResult, tasks: list[Task]) -> dict[str, float]:
         """Update ``self.ctx.meta`` in place from this iteration's results; return scalar metrics."""

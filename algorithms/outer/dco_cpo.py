@@ -108,10 +108,21 @@ class DCOCPO(OuterUpdater):
             f, g = post_adaptation_objectives(self.ctx.inner, phi, result.batches[-1], result.state)
         return f.mean(), g.mean()
 
+    def shard_terms(self, result: AdaptationResult) -> dict[str, Tensor]:
+        """eq. 11's task means times the shard's task count, so that shards' terms add up."""
+        n = result.batches[-1].n_tasks
+        terms = meta_gradients(self.ctx.inner, self.ctx.meta.theta, result, self.cfg.meta_grad == "first_order")
+        return {name: value * n for name, value in zip(("grad_f", "grad_g", "f", "g"), terms)} | {
+            "n": torch.tensor(float(n))}
+
     def update(self, result: AdaptationResult, tasks: list[Task]) -> dict[str, float]:
         cfg, inner = self.cfg, self.ctx.inner
         theta = self.ctx.meta.theta
-        grad_f, grad_g, f_val, g_val = meta_gradients(inner, theta, result, cfg.meta_grad == "first_order")
+        if result.meta_terms is not None:  # computed by the shards (Ray workers)
+            t = result.meta_terms
+            grad_f, grad_g, f_val, g_val = (t[k] / t["n"] for k in ("grad_f", "grad_g", "f", "g"))
+        else:
+            grad_f, grad_g, f_val, g_val = meta_gradients(inner, theta, result, cfg.meta_grad == "first_order")
         theta1 = {k: v.detach().unsqueeze(0) for k, v in theta.items()}
         meta_batch = result.batches[0].pooled()  # the meta-policy's own rollouts, all tasks as one
         if cfg.metric == "fisher":

@@ -34,11 +34,23 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict:
         raise UserError(f"The {what} '{path}' does not exist.")
     try:
         data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"The {what} '{path}' is not valid YAML: {e}") from None
+    if _is_cyclic(data):
+        raise UserError(f"The {what} '{path}' has a YAML alias that contains itself.")
     if not isinstance(data, dict):
         raise UserError(f"The {what} '{path}' must hold a mapping of keys, not {type(data).__name__}.")
     return data
+
+
+def _is_cyclic(value: Any, seen: frozenset = frozenset()) -> bool:
+    """True if a YAML value contains itself (``&a [*a]``), which no config key can hold."""
+    if isinstance(value, (list, dict)):
+        if id(value) in seen:
+            return True
+        inner = seen | {id(value)}
+        return any(_is_cyclic(v, inner) for v in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 def parse_set(items: list[str]) -> dict:
@@ -48,10 +60,14 @@ def parse_set(items: list[str]) -> dict:
         if "=" not in item:
             raise UserError(f"--set expects KEY=VALUE (e.g. trainer.iters=20), got '{item}'.")
         key, raw = item.split("=", 1)
+        if not key or any(not part for part in key.split(".")):
+            raise UserError(f"--set '{item}' has an empty key (expected KEY=VALUE, e.g. trainer.iters=20).")
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if _is_cyclic(value):
+            raise UserError(f"--set '{item}': the value is a YAML alias that contains itself.")
         pairs.append((key, value))
     return nest(pairs)
 

@@ -59,6 +59,12 @@ class TrainerConfig:
     keep_checkpoints: int = spec(3, ge=1)
     num_threads: int = spec(1, ge=1, doc="torch CPU threads (fixed so runs are reproducible)")
     device: str = "cpu"
+    executor: Literal["local", "ray"] = spec("local", doc="where per-task adaptation runs (safemeta.executor)")
+    shards: int = spec(1, ge=1, doc="the iteration's tasks split into this many shards, each with its own envs "
+                                    "and random stream; results depend on shards, never on executor or workers")
+    ray_address: str = spec("", doc="Ray cluster to join ('' starts a local Ray with this machine's cores)")
+    ray_workers: int = spec(0, ge=0, doc="Ray actors (0: one per shard)")
+    ray_retries: int = spec(3, ge=0, doc="restarts of a dead Ray actor, and retries of its unfinished shard")
 
 
 @dataclass
