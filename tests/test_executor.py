@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import safemeta
-from safemeta.executor import merge, shard_bounds
+from safemeta.executor import merge, shard_bounds, start_local_ray
 from safemeta.registry import load_plugin
 from safemeta.trainer import MetaTrainer
 
@@ -35,7 +35,7 @@ DYING = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 2**20)
+    start_local_ray(2)
     yield
     ray.shutdown()
 
