@@ -67,7 +67,7 @@ def main() -> int:
             failed = any(child.tag in ("failure", "error") for child in case)
             skipped = any(child.tag == "skipped" for child in case)
             outcomes.setdefault(name, []).append("failed" if failed else "skipped" if skipped else "passed")
-    cases = dict(re.findall(r"(test_\w+):\n\s+- .*?\n\s+- (\d+) passing", proc.stdout))
+    cases = {name: int(n) for name, n in re.findall(r"::(test_\w+):\n.*?(\d+) passing", proc.stdout, re.S)}
     print("| fault or hostile input injected | must hold afterwards | outcome | reproduce |")
     print("|---|---|---|---|")
     for test_id, fault, check in ROWS:
