@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from safemeta.checkpoint import Checkpointer
+from safemeta.checkpoint import Checkpointer, checkpoint_bytes
 from safemeta.config.loader import load_config, save_config, to_dict
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
@@ -78,8 +78,7 @@ def space_needed(trainer: MetaTrainer) -> int:
     """Bytes a run needs on disk: its kept checkpoints plus one being written, ~2 KB of logs per
     iteration, and a margin."""
     tr = trainer.cfg.trainer
-    ckpt = Checkpointer(Path("."), tr.keep_checkpoints).size_estimate(trainer.state_dict())
-    return ckpt * (tr.keep_checkpoints + 1) + 2048 * tr.iters + 2**20
+    return checkpoint_bytes(trainer.state_dict()) * (tr.keep_checkpoints + 1) + 2048 * tr.iters + 2**20
 
 
 def run_info() -> dict:

@@ -46,6 +46,12 @@ class Batch:
     def with_advantages(self, adv_r: Tensor, adv_c: Tensor, ret_r: Tensor, ret_c: Tensor) -> "Batch":
         return replace(self, adv_r=adv_r, adv_c=adv_c, ret_r=ret_r, ret_c=ret_c)
 
+    @classmethod
+    def concat(cls, parts: list["Batch"]) -> "Batch":
+        """Batches of disjoint task groups (same T and E) as one batch over all their tasks, in order."""
+        return cls(**{f.name: None if getattr(parts[0], f.name) is None
+                      else torch.cat([getattr(b, f.name) for b in parts], 0) for f in fields(cls)})
+
     def pooled(self) -> "Batch":
         """All tasks as one task: ``[1, T, N*E, ...]`` (for a policy trained on pooled tasks)."""
         out = {}

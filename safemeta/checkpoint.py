@@ -51,12 +51,6 @@ class Checkpointer:
             old.unlink(missing_ok=True)
         return path
 
-    def size_estimate(self, state: dict) -> int:
-        """Bytes one checkpoint of ``state`` takes."""
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        return buf.tell()
-
     def load_latest(self) -> tuple[dict, Path]:
         candidates = self.paths()
         if not candidates:
@@ -71,6 +65,13 @@ class Checkpointer:
                 warnings.warn(f"Checkpoint '{path}' cannot be read ({type(e).__name__}: {e}); trying the previous one.",
                               stacklevel=2)
         raise UserError(f"No readable checkpoint in '{self.dir}' (all {len(candidates)} are corrupt).")
+
+
+def checkpoint_bytes(state: dict) -> int:
+    """Bytes one checkpoint of ``state`` takes."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.tell()
 
 
 def nonfinite_entries(obj, prefix: str = "") -> list[str]:

@@ -31,7 +31,7 @@ from safemeta.batch import Batch
 from safemeta.critics import CriticParams
 from safemeta.errors import UserError
 from safemeta.model import stacked_theta
-from safemeta.params import Params, detach, task_slice
+from safemeta.params import Params, concat, detach, task_slice
 from safemeta.task import Task
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 @dataclass
 class ShardJob:
-    index: int
     tasks: list[Task]
     state: dict[str, Tensor]
     critics: CriticParams
@@ -63,12 +62,12 @@ def split_jobs(tasks: list[Task], state: dict[str, Tensor], critics: CriticParam
                gen: torch.Generator, shards: int, steps: int, final_rollout: bool, differentiable: bool) -> list[ShardJob]:
     bounds = shard_bounds(len(tasks), shards)
     if len(bounds) == 1:
-        return [ShardJob(0, tasks, state, critics, venv_seed, None, steps, final_rollout, differentiable)]
+        return [ShardJob(tasks, state, critics, venv_seed, None, steps, final_rollout, differentiable)]
     gen_seeds = torch.randint(0, 2**62, (len(bounds),), generator=gen).tolist()
     jobs = []
     for i, (lo, hi) in enumerate(bounds):
         part = slice(lo, hi)
-        jobs.append(ShardJob(i, tasks[lo:hi], {k: v[part].clone() for k, v in state.items()},
+        jobs.append(ShardJob(tasks[lo:hi], {k: v[part].clone() for k, v in state.items()},
                              CriticParams(task_slice(critics.reward, part), task_slice(critics.cost, part)),
                              venv_seed + i, int(gen_seeds[i]), steps, final_rollout, differentiable))
     return jobs
@@ -84,31 +83,22 @@ def run_job(trainer: "MetaTrainer", job: ShardJob) -> AdaptationResult:
                                  final_rollout=job.final_rollout, differentiable=job.differentiable)
 
 
-def _cat(parts: list[Tensor | None]) -> Tensor | None:
-    return None if parts[0] is None else torch.cat(parts, 0)
-
-
-def _cat_params(parts: list[Params]) -> Params:
-    return {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}
-
-
 def merge(results: list[AdaptationResult]) -> AdaptationResult:
     """The shards' results as one result over all tasks, in task order."""
     if len(results) == 1:
         return results[0]
     first = results[0]
-    batches = [Batch(**{f.name: _cat([getattr(r.batches[k], f.name) for r in results])
-                        for f in dataclasses.fields(Batch)}) for k in range(len(first.batches))]
+    batches = [Batch.concat([r.batches[k] for r in results]) for k in range(len(first.batches))]
     infos = [{key: torch.cat([r.infos[k][key].reshape(-1) for r in results]) for key in first.infos[k]}
              for k in range(len(first.infos))]
     return AdaptationResult(
-        params=[_cat_params([r.params[k] for r in results]) for k in range(len(first.params))],
+        params=[concat([r.params[k] for r in results]) for k in range(len(first.params))],
         batches=batches,
-        state=_cat_params([r.state for r in results]),
-        critics=CriticParams(_cat_params([r.critics.reward for r in results]),
-                             _cat_params([r.critics.cost for r in results])),
+        state=concat([r.state for r in results]),
+        critics=CriticParams(concat([r.critics.reward for r in results]),
+                             concat([r.critics.cost for r in results])),
         infos=infos,
-        initial_state=None if first.initial_state is None else _cat_params([r.initial_state for r in results]),
+        initial_state=None if first.initial_state is None else concat([r.initial_state for r in results]),
         meta_terms=_sum_terms([r.meta_terms for r in results]))
 
 

@@ -54,6 +54,11 @@ def task_slice(params: Params, idx: int | slice) -> Params:
     return {k: v[idx] for k, v in params.items()}
 
 
+def concat(parts: list[Params]) -> Params:
+    """Per-task params of several task groups as one ``[sum N_i, ...]`` group (the inverse of `task_slice`)."""
+    return {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}
+
+
 def num_params(params: Params) -> int:
     """Parameters of one task."""
     return sum(v[0].numel() for v in params.values())

@@ -32,7 +32,7 @@ import torch
 from safemeta import registry
 from safemeta.adaptation import Adapter, AdaptationResult
 from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
-from safemeta.checkpoint import Checkpointer
+from safemeta.checkpoint import Checkpointer, nonfinite_entries
 from safemeta.collector import Collector
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
@@ -114,9 +114,9 @@ class MetaTrainer:
         nothing non-finite ever reaches theta or a checkpoint."""
         before = (copy.deepcopy(self.meta.state_dict()), copy.deepcopy(self.outer.state_dict()))
         metrics = self.outer.update(result, tasks)
-        bad = [f"theta.{k}" for k, v in self.meta.theta.items() if not bool(torch.isfinite(v).all())]
-        bad += [f"critic.{k}" for c in (self.meta.critic_reward, self.meta.critic_cost) for k, v in c.items()
-                if not bool(torch.isfinite(v).all())]
+        meta = self.meta
+        bad = nonfinite_entries({"theta": meta.theta, "critic_reward": meta.critic_reward,
+                                 "critic_cost": meta.critic_cost})
         bad += [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
         if not bad:
             return {**metrics, "skipped_update": 0.0}
