@@ -16,7 +16,7 @@ STACK := numpy gymnasium mujoco pettingzoo pygame xmltodict imageio \
 	pyyaml rich pytest hypothesis setuptools wheel ray
 NODEPS := safety-gymnasium gymnasium-robotics omnisafe
 
-.PHONY: venv train test test-all list clean-venv
+.PHONY: venv train test test-slow list clean-venv
 
 venv: $(STAMP)
 
@@ -33,9 +33,13 @@ $(STAMP): requirements/constraints.txt pyproject.toml
 train: $(STAMP)
 	$(VENV)/bin/safemeta train $(ARGS)
 
-# The default test suite (fast; includes the tests marked safety_gym).
+# The default test suite (fast, a few minutes; includes the tests marked safety_gym).
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+# The learning tests (marked slow: solvers trained to convergence on point-circle / tiny CMDPs). CI runs both.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
 
 list: $(STAMP)
 	$(VENV)/bin/safemeta list

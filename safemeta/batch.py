@@ -34,6 +34,18 @@ class Batch:
     adv_c: Tensor | None = None  # [N, T, E] GAE of cost
     ret_r: Tensor | None = None  # [N, T, E] lambda-return targets for the reward critic
     ret_c: Tensor | None = None  # [N, T, E] lambda-return targets for the cost critic
+    cost_bonus: Tensor | None = None  # [N, T, E] Delta of a shaped cost C+ = C + Delta (safemeta.cost_shaping)
+    ep_cost_bonus: Tensor | None = None  # [N] its mean per finished episode
+
+    @property
+    def constraint_cost(self) -> Tensor:
+        """``[N, T, E]`` the per-step cost the constraint is on: C, or C+ = C + Delta when shaped."""
+        return self.cost if self.cost_bonus is None else self.cost + self.cost_bonus
+
+    @property
+    def ep_constraint_cost(self) -> Tensor:
+        """``[N]`` the constrained J: J_C, or J_{C+} = J_C + E[sum Delta] when shaped (``ep_cost`` stays J_C)."""
+        return self.ep_cost if self.ep_cost_bonus is None else self.ep_cost + self.ep_cost_bonus
 
     @property
     def n_tasks(self) -> int:
@@ -59,7 +71,7 @@ class Batch:
             v = getattr(self, f.name)
             if v is None:
                 out[f.name] = None
-            elif f.name == "ep_return" or f.name == "ep_cost":
+            elif f.name in ("ep_return", "ep_cost", "ep_cost_bonus"):
                 w = self.ep_count.clamp(min=1)
                 out[f.name] = ((v * w).sum() / w.sum()).reshape(1)
             elif f.name == "ep_count":

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from safemeta.batch import Batch, gae
 from safemeta.config.schema import CriticConfig
+from safemeta.cost_shaping import shape
 from safemeta.params import Params, detach
 from safemeta.policy import Critic, batched
 
@@ -36,12 +37,16 @@ class Critics:
         return self.fn(params, obs.reshape(n, t * e, d)).reshape(n, t, e)
 
     def annotate(self, batch: Batch, params: CriticParams) -> Batch:
+        """Advantages and lambda-returns; the cost ones of the constraint cost (shaped when
+        ``cost_shaping_horizon > 0``: the bonus is added here, once per batch)."""
         cfg = self.cfg
+        batch = shape(batch, cfg.cost_shaping_horizon, cfg.cost_shaping_coeff)
         with torch.no_grad():
             v_r, nv_r = self.values(params.reward, batch.obs), self.values(params.reward, batch.next_obs)
             v_c, nv_c = self.values(params.cost, batch.obs), self.values(params.cost, batch.next_obs)
             adv_r, ret_r = gae(batch.rew, v_r, nv_r, batch.terminated, batch.truncated, cfg.gamma, cfg.lam)
-            adv_c, ret_c = gae(batch.cost, v_c, nv_c, batch.terminated, batch.truncated, cfg.cost_gamma, cfg.cost_lam)
+            adv_c, ret_c = gae(batch.constraint_cost, v_c, nv_c, batch.terminated, batch.truncated,
+                               cfg.cost_gamma, cfg.cost_lam)
         return batch.with_advantages(adv_r, adv_c, ret_r, ret_c)
 
     def fit(self, batch: Batch, params: CriticParams) -> CriticParams:

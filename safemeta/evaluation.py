@@ -55,3 +55,28 @@ def summary_metrics(report: dict, prefix: str = "eval") -> dict[str, float]:
     return {f"{prefix}/return_0": first["return_mean"], f"{prefix}/cost_0": first["cost_mean"],
             f"{prefix}/return_K": last["return_mean"], f"{prefix}/cost_K": last["cost_mean"],
             f"{prefix}/violation_K": last["violation_rate"]}
+
+
+def solver_endpoint(trainer, n_tasks: int, steps: int, envs_per_task: int, eval_envs: int, seed: int) -> dict:
+    """Where the inner solver ends on its own: ``n_tasks`` training tasks, each its own policy from the
+    initialization, ``steps`` inner steps (``envs_per_task`` x ``trainer.episodes_per_env`` episodes each),
+    then on ``eval_envs`` fresh episodes per task the true return and cost of: the solver's ``output``, the
+    last iterate, the latest iterate estimated feasible (``latest_within_limit``) and the initial policy."""
+    from safemeta.algorithms.inner.base import latest_within_limit
+
+    family, adapter, inner = trainer.family, trainer.adapter, trainer.inner
+    tasks = family.sample(n_tasks, "train", np.random.default_rng(seed))
+    venv = family.make(tasks, envs_per_task, "cpu", seed)
+    res = adapter.adapt(stacked_theta(trainer.meta, n_tasks), venv, steps, inner.init_state(n_tasks, family.cost_limit),
+                        trainer.meta.critics_for(n_tasks), trainer.cfg.trainer.episodes_per_env,
+                        torch.Generator().manual_seed(seed), final_rollout=False)
+    candidates = {"output": inner.output(res), "last": res.params[-1],
+                  "feasible": latest_within_limit(res, float(getattr(inner.cfg, "tolerance", 0.0))),
+                  "initial": res.params[0]}
+    eval_venv = family.make(tasks, eval_envs, "cpu", 1000 + seed)
+    out: dict = {"cost_limit": family.cost_limit,
+                 "constrained_J_last_batch": res.batches[-1].ep_constraint_cost.tolist()}
+    for name, params in candidates.items():
+        b = adapter.collector.collect(params, eval_venv, 1, torch.Generator().manual_seed(1000 + seed))
+        out[name] = {"return": b.ep_return.tolist(), "cost": b.ep_cost.tolist()}
+    return out

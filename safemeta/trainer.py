@@ -175,7 +175,7 @@ class MetaTrainer:
             return mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
 
     def adapted_params(self, task, steps: int, seed: int = 0) -> dict:
-        """theta adapted to one task by ``steps`` inner steps (unstacked)."""
+        """theta adapted to one task by ``steps`` inner steps (unstacked): the inner solver's ``output``."""
         tr = self.cfg.trainer
         venv = self.family.make([task], tr.envs_per_task, tr.device, seed)
         state = self.inner.init_state(1, self.family.cost_limit_for(task.split), **self.outer.inner_overrides([task]))
@@ -183,4 +183,4 @@ class MetaTrainer:
                                     tr.episodes_per_env, torch.Generator().manual_seed(seed), final_rollout=False)
         if self.obs_norm is not None:
             self.obs_norm.discard()
-        return {k: v[0].detach() for k, v in result.params[-1].items()}
+        return {k: v[0].detach() for k, v in self.inner.output(result).items()}

@@ -8,18 +8,27 @@ Capabilities are class attributes that outer updaters check:
 - ``supports_differentiable``: ``step(..., differentiable=True)`` keeps the graph from the returned
   parameters back to the input parameters (needed by Meta-CPO);
 - ``supports_step_size``: a per-task step size in ``state["step_size"]`` is honoured (Meta-SRL).
+
+``output(result)`` is the policy a solver hands out after its steps (``MetaTrainer.adapted_params``):
+with ``cfg.output = "last"`` the last iterate theta_K, with ``"feasible"`` per task the latest iterate whose
+own batch estimated its constrained J within d (+ the solver's tolerance), theta_K where none did
+(``latest_within_limit``; CRPO's Algorithm 1 outputs from that set, so it is CRPO's default). Outer
+updaters differentiate theta_K whatever ``output`` says; meta-tests report every theta_k's batch.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from safemeta.batch import Batch
-from safemeta.params import Params
+from safemeta.params import Params, select
 from safemeta.policy import GaussianActor, batched, gaussian_kl, gaussian_log_prob
+
+if TYPE_CHECKING:
+    from safemeta.adaptation import AdaptationResult
 
 State = dict[str, Tensor]
 
@@ -52,6 +61,12 @@ class InnerSolver(ABC):
              ) -> tuple[Params, State, dict[str, Tensor]]:
         """One update for every task; returns new params, new state and per-task ``[N]`` diagnostics."""
 
+    def output(self, result: "AdaptationResult") -> Params:
+        """The per-task policy to hand out after ``result``'s steps (see the module docstring)."""
+        if getattr(self.cfg, "output", "last") == "last":
+            return result.params[-1]
+        return latest_within_limit(result, float(getattr(self.cfg, "tolerance", 0.0)))
+
     @abstractmethod
     def advantages(self, batch: Batch, state: State) -> Tensor:
         """The per-task advantage the policy step ascends, ``[N, T, E]``."""
@@ -83,6 +98,16 @@ class InnerSolver(ABC):
             m0, s0 = self.actor_fn(old, obs)
         m1, s1 = self.actor_fn(new, obs)
         return gaussian_kl(m0, s0, m1, s1).mean(dim=1)
+
+
+def latest_within_limit(result: "AdaptationResult", tolerance: float = 0.0) -> Params:
+    """Per task, the latest theta_k whose batch (collected by theta_k) has ``ep_constraint_cost <= d +
+    tolerance``; theta_K where none has. theta_K is judged only if a rollout followed the last step."""
+    out = result.params[-1]
+    limit = result.state["cost_limit"] + tolerance
+    for params, batch in zip(result.params, result.batches):
+        out = select(out, batch.ep_constraint_cost <= limit, params)
+    return out
 
 
 def episode_cost_advantages(batch: Batch) -> Tensor:

@@ -51,6 +51,9 @@ class CPOConfig:
                                                     "implicit function theorem, or backprop through the CG iterations")
     backtrack_decay: float = spec(0.8, gt=0, lt=1)
     max_backtracks: int = spec(15, ge=1)
+    output: Literal["last", "feasible"] = spec("last", doc="the policy handed out after the steps: the last "
+                                               "iterate, or the latest one whose cost estimate was within d "
+                                               "(InnerSolver.output)")
 
 
 @register_inner("cpo", "CPO: reward step in a trust region under a linearized cost constraint, recovery when infeasible")
@@ -79,7 +82,8 @@ class CPO(InnerSolver):
         a = flat_grad(surr_c.sum(), p, create_graph=differentiable, retain_graph=differentiable)
         # b(phi) = J_C - d + L_C(phi): its value is J_C - d at the sampling policy (the centered surrogate is
         # 0 there) and its gradient is a, so a differentiable step sees how b moves with the local parameters
-        b = (batch.ep_cost - state["cost_limit"]).to(g.dtype) + (surr_c if differentiable else surr_c.detach())
+        b = (batch.ep_constraint_cost - state["cost_limit"]).to(g.dtype) + \
+            (surr_c if differentiable else surr_c.detach())
         if cfg.metric == "fisher":
             def make_fvp(q: Params, create_graph: bool):
                 return fisher_vector_product(lambda r: self.mean_kl(q, r, batch, detach_old=not create_graph), q,

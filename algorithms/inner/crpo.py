@@ -9,10 +9,20 @@ alpha the step size: ``step_size`` in the config or per task in ``state["step_si
 updater may set (Meta-SRL learns it), hence ``supports_step_size``. Advantages are standardized per task.
 A step whose quadratic KL estimate 1/2 x^T F x exceeds ``max_kl`` is scaled down to it (a safeguard the
 paper does not need with its small constant step sizes).
+
+Output (Algorithm 1, last line): not the last iterate but one from N_0 = {t : every cost estimate of
+w_t is within d + eta}, the iterates the reward steps were taken from, which are the ones the paper's
+bounds hold for. The paper draws w_out uniformly from N_0 (its bounds are on that average); with
+``output: feasible`` (the default) we hand out the latest member of N_0 per task, the one that has had
+the most reward steps, and the last iterate where N_0 is empty; ``output: last`` hands out w_T
+(``InnerSolver.output``, ``latest_within_limit``).
+The estimate of w_t is the batch w_t collected (the constrained J, shaped if cost shaping is on), so the
+final iterate belongs to N_0 only when the adaptation took a rollout after its last step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -32,6 +42,9 @@ class CRPOConfig:
     max_kl: float = spec(0.01, gt=0, doc="cap on the step's quadratic KL estimate")
     cg_iters: int = spec(10, ge=1)
     cg_damping: float = spec(0.1, ge=0)
+    output: Literal["feasible", "last"] = spec("feasible", doc="the policy handed out after the steps: the latest "
+                                               "iterate whose cost estimate was within d + eta (Algorithm 1's N_0), "
+                                               "or the last iterate")
 
 
 @register_inner("crpo", "CRPO: natural-gradient step on reward if J_C <= d + eta, else on the violated cost")
@@ -44,7 +57,7 @@ class CRPO(InnerSolver):
 
     def cost_step(self, batch: Batch, state: State) -> Tensor:
         """[N] bool: the tasks whose cost estimate exceeds limit + tolerance."""
-        return batch.ep_cost > state["cost_limit"] + self.cfg.tolerance
+        return batch.ep_constraint_cost > state["cost_limit"] + self.cfg.tolerance
 
     def advantages(self, batch: Batch, state: State) -> Tensor:
         use_cost = self.cost_step(batch, state).reshape(-1, 1, 1)

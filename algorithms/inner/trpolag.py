@@ -10,6 +10,7 @@ Per task and call:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,6 +27,9 @@ class TRPOLagConfig(TRPOConfig):
     lagrange_init: float = spec(0.0, ge=0, doc="lambda_0")
     lagrange_lr: float = spec(0.05, ge=0, doc="step size of the dual ascent on lambda")
     lagrange_max: float = spec(100.0, gt=0, doc="upper clamp of lambda")
+    output: Literal["last", "feasible"] = spec("last", doc="the policy handed out after the steps: the last "
+                                               "iterate, or the latest one whose cost estimate was within d "
+                                               "(InnerSolver.output)")
 
 
 @register_inner("trpolag", "TRPO-Lagrangian: TRPO on (A_R - lambda A_C)/(1+lambda), lambda by dual ascent")
@@ -39,7 +43,7 @@ class TRPOLag(TrustRegionSolver):
         return (lagrange + self.cfg.lagrange_lr * (ep_cost - cost_limit)).clamp(0.0, self.cfg.lagrange_max)
 
     def before_step(self, batch: Batch, state: State) -> State:
-        lagrange = self.update_lagrange(state["lagrange"], batch.ep_cost, state["cost_limit"])
+        lagrange = self.update_lagrange(state["lagrange"], batch.ep_constraint_cost, state["cost_limit"])
         return {**state, "lagrange": lagrange}
 
     def advantages(self, batch: Batch, state: State) -> Tensor:

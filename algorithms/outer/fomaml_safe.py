@@ -128,7 +128,7 @@ class FOMAMLSafe(FOMAML):
         else:
             norm = ascend(self.opt, meta.theta, {k: v[0] for k, v in unflat(grad, theta1).items()})
         d = float(result.state["cost_limit"].mean())
-        post_cost = float(result.batches[-1].ep_cost.mean())
+        post_cost = float(result.batches[-1].ep_constraint_cost.mean())
         with torch.no_grad():
             v_c0 = float(self.ctx.critics.values(stack(meta.critic_cost, 1), meta_batch.obs[:, :1]).mean())
         self.lagrange = dual_step(self.lagrange, post_cost - d, cfg.lagrange_lr)

@@ -43,6 +43,10 @@ class CriticConfig:
     lam: float = spec(0.95, ge=0, le=1, doc="GAE lambda for reward")
     cost_gamma: float = spec(0.99, ge=0, le=1)
     cost_lam: float = spec(0.95, ge=0, le=1)
+    cost_shaping_horizon: int = spec(0, ge=0, doc="H of CPO's cost shaping (Achiam et al. 2017, Sec. 6.3): the "
+                                     "constraint is on C + coeff * min(1, c_t + ... + c_{t+H-1}); 0 is off "
+                                     "(safemeta.cost_shaping)")
+    cost_shaping_coeff: float = spec(1.0, ge=0, doc="coeff of the cost-shaping bonus")
 
 
 @dataclass
