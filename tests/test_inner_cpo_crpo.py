@@ -140,3 +140,20 @@ def test_crpo_outputs_the_latest_iterate_of_n0(parts):
                                   state, t.meta.critics_for(3))
     picked = next(iter(crpo.output(with_final).values()))[:, 0].reshape(3, -1)[:, 0]
     assert picked.tolist() == [2.0, 3.0, 3.0]
+
+
+def test_cpo_cost_gradient_per_step_is_the_episode_gradient_over_the_episode_length(parts):
+    """``cost_gradient: step`` (OmniSafe's units) is the default step on cost advantages divided by L,
+    the env steps per episode; with the constraint near the boundary the two differ."""
+    t, batch = parts
+    params = stacked_theta(t.meta, 3)
+    steps_per_episode = (batch.rew[0].numel() / batch.ep_count).reshape(-1, 1, 1)
+    near = CPO(CPOConfig(), t.actor).init_state(3, batch.ep_cost + 0.05)  # b = -0.05: the cost constraint binds
+    per_step = CPO(CPOConfig(cost_gradient="step"), t.actor)
+    episode = CPO(CPOConfig(), t.actor)
+    new_step, _, _ = per_step.step(params, batch, near)
+    new_scaled, _, _ = episode.step(params, replace(batch, adv_c=batch.adv_c / steps_per_episode), near)
+    new_episode, _, _ = episode.step(params, batch, near)
+    for k in new_step:
+        torch.testing.assert_close(new_step[k], new_scaled[k], atol=1e-6, rtol=1e-5)
+    assert max(float((new_step[k] - new_episode[k]).abs().max()) for k in new_step) > 1e-4

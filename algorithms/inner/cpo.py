@@ -3,7 +3,8 @@
 Per task, from the batch:
 - g = grad of the reward surrogate E[ratio * A_R] (A_R standardized);
 - a = grad of the per-episode cost surrogate L * E[ratio * A_C] (A_C centered; L = env steps per finished
-  episode, so that a^T x is a change of the episode cost J_C, in the units of b);
+  episode, so that a^T x is a change of the episode cost J_C, in the units of b; ``cost_gradient: step``
+  drops L, as OmniSafe's CPO does, whose linearized constraint is then L times steeper);
 - b = J_C - d, the batch's mean episode cost minus the task's cost limit;
 then the step x* of ``cpo_step.solve_cpo`` (all cases, recovery step of eq. 4 when infeasible) in the
 metric H = Fisher matrix (conjugate gradient with Fisher-vector products) or the identity
@@ -51,6 +52,9 @@ class CPOConfig:
                                                     "implicit function theorem, or backprop through the CG iterations")
     backtrack_decay: float = spec(0.8, gt=0, lt=1)
     max_backtracks: int = spec(15, ge=1)
+    cost_gradient: Literal["episode", "step"] = spec(
+        "episode", doc="units of a: 'episode' scales the cost surrogate by env steps per episode so that a^T x is a "
+        "change of J_C, in the units of b (eq. 3); 'step' leaves it per step, as OmniSafe's CPO does (for cross-checks)")
     output: Literal["last", "feasible"] = spec("last", doc="the policy handed out after the steps: the last "
                                                "iterate, or the latest one whose cost estimate was within d "
                                                "(InnerSolver.output)")
@@ -74,7 +78,9 @@ class CPO(InnerSolver):
     def step(self, params: Params, batch: Batch, state: State, differentiable: bool = False
              ) -> tuple[Params, State, dict[str, Tensor]]:
         cfg = self.cfg
-        adv_r, adv_c = self.advantages(batch, state).detach(), episode_cost_advantages(batch).detach()
+        adv_r = self.advantages(batch, state).detach()
+        adv_c = (episode_cost_advantages(batch) if cfg.cost_gradient == "episode"
+                 else normalize(batch.adv_c, center_only=True)).detach()
         p = params if differentiable else {k: v.requires_grad_(True) for k, v in detach(params).items()}
         old = detach(params)
         surr_r, surr_c = self.surrogate(p, batch, adv_r), self.surrogate(p, batch, adv_c)
