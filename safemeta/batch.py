@@ -82,6 +82,22 @@ class Batch:
         return Batch(**out)
 
 
+def episode_means(x: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
+    """``[N]``: per-episode sums of ``x[N, T, E]``, averaged over the episodes that finished in the batch
+    (the collector's ``ep_return`` / ``ep_cost``; 0 where none finished)."""
+    ends = terminated | truncated
+    running = torch.zeros_like(x[:, 0])
+    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    count = torch.zeros_like(total)
+    for t in range(x.shape[1]):
+        running = running + x[:, t]
+        done = ends[:, t].to(x.dtype)
+        total += (running * done).sum(-1)
+        count += done.sum(-1)
+        running = running * (1.0 - done)
+    return total / count.clamp(min=1)
+
+
 def gae(rew: Tensor, value: Tensor, next_value: Tensor, terminated: Tensor, truncated: Tensor,
         gamma: float, lam: float) -> tuple[Tensor, Tensor]:
     """Generalized advantage estimation over dim 1 of ``[N, T, E]`` tensors.

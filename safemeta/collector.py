@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from safemeta.batch import Batch
+from safemeta.batch import Batch, episode_means
 from safemeta.obs_norm import RunningObsNorm
 from safemeta.params import Params
 from safemeta.policy import GaussianActor, batched
@@ -43,9 +43,6 @@ class Collector:
                 buf[name] = torch.empty((n, steps, e, *v.shape[2:]), dtype=v.dtype, device=v.device)
             buf[name][:, t] = v
 
-        ep_ret = torch.zeros(n * e, device=obs.device)
-        ep_cost = torch.zeros(n * e, device=obs.device)
-        sum_ret, sum_cost, count = (torch.zeros(n, device=obs.device) for _ in range(3))
         params = {k: v.detach() for k, v in params.items()}
         for t in range(steps):
             mean, log_std = self.actor_fn(params, obs.reshape(n, e, -1))
@@ -61,19 +58,10 @@ class Collector:
                          ("rew", rew), ("cost", cost), ("term", term), ("trunc", trunc),
                          ("next_obs", norm(info["final_obs"]))):
                 put(k, t, v)
-            ep_ret += rew
-            ep_cost += cost
-            done = term | trunc
-            if bool(done.any()):
-                d = done.reshape(n, e).float()
-                sum_ret += (ep_ret.reshape(n, e) * d).sum(1)
-                sum_cost += (ep_cost.reshape(n, e) * d).sum(1)
-                count += d.sum(1)
-                ep_ret = ep_ret * (~done)
-                ep_cost = ep_cost * (~done)
             obs = nxt
 
-        denom = count.clamp(min=1)
+        term, trunc = buf["term"], buf["trunc"]
         return Batch(obs=buf["obs"], act=buf["act"], logp=buf["logp"], rew=buf["rew"], cost=buf["cost"],
-                     terminated=buf["term"], truncated=buf["trunc"], next_obs=buf["next_obs"],
-                     ep_return=sum_ret / denom, ep_cost=sum_cost / denom, ep_count=count)
+                     terminated=term, truncated=trunc, next_obs=buf["next_obs"],
+                     ep_return=episode_means(buf["rew"], term, trunc), ep_cost=episode_means(buf["cost"], term, trunc),
+                     ep_count=(term | trunc).sum(dim=(1, 2)).to(buf["rew"].dtype))

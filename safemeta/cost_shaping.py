@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from safemeta.batch import Batch
+from safemeta.batch import Batch, episode_means
 
 
 def hazard_labels(cost: Tensor, terminated: Tensor, truncated: Tensor, horizon: int) -> Tensor:
@@ -38,22 +38,6 @@ def hazard_labels(cost: Tensor, terminated: Tensor, truncated: Tensor, horizon: 
         alive[:, : t_len - j - 1] = alive[:, : t_len - j - 1] * (1.0 - ends[:, j: t_len - 1])
         alive[:, t_len - j - 1] = 0.0
     return total.clamp(0.0, 1.0)
-
-
-def episode_means(x: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
-    """``[N]``: per-episode sums of ``x[N, T, E]``, averaged over the episodes that finished in the batch
-    (the collector's rule for ``ep_cost``; 0 where none finished)."""
-    ends = terminated | truncated
-    running = torch.zeros_like(x[:, 0])
-    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    count = torch.zeros_like(total)
-    for t in range(x.shape[1]):
-        running = running + x[:, t]
-        done = ends[:, t].to(x.dtype)
-        total += (running * done).sum(-1)
-        count += done.sum(-1)
-        running = running * (1.0 - done)
-    return total / count.clamp(min=1)
 
 
 def shape(batch: Batch, horizon: int, coeff: float = 1.0) -> Batch:

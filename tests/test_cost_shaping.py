@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from safemeta.algorithms.inner.cpo import CPO, CPOConfig
-from safemeta.cost_shaping import episode_means, hazard_labels, shape
+from safemeta.batch import episode_means
+from safemeta.cost_shaping import hazard_labels, shape
 from safemeta.model import stacked_theta
 from safemeta.trainer import MetaTrainer
 
@@ -38,6 +39,17 @@ def test_hazard_labels_count_the_cost_ahead_within_the_episode(horizon):
     want = _labels_by_hand(cost.numpy(), (term | trunc).numpy(), horizon)
     np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
     assert bool((got >= cost.clamp(max=1.0) - 1e-6).all())  # the step's own cost counts
+
+
+def test_episode_means_average_finished_episodes_only():
+    x = torch.arange(1.0, 9.0).reshape(1, 8, 1).repeat(2, 1, 1)  # 1..8 along time, 2 tasks
+    ends = torch.zeros(2, 8, 1, dtype=torch.bool)
+    ends[0, 2, 0], ends[0, 5, 0] = True, True  # task 0: episodes 1+2+3 = 6, 4+5+6 = 15; 7, 8 unfinished
+    truncated = torch.zeros_like(ends)
+    truncated[1, 7, 0] = True  # task 1: one episode, cut by truncation: 36
+    got = episode_means(x, ends, truncated)
+    assert got.tolist() == [10.5, 36.0]
+    assert episode_means(x, torch.zeros_like(ends), torch.zeros_like(ends)).tolist() == [0.0, 0.0]
 
 
 def test_episode_means_match_the_collectors_episode_cost(rollout):
