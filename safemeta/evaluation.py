@@ -60,8 +60,9 @@ def summary_metrics(report: dict, prefix: str = "eval") -> dict[str, float]:
 def solver_endpoint(trainer, n_tasks: int, steps: int, envs_per_task: int, eval_envs: int, seed: int) -> dict:
     """Where the inner solver ends on its own: ``n_tasks`` training tasks, each its own policy from the
     initialization, ``steps`` inner steps (``envs_per_task`` x ``trainer.episodes_per_env`` episodes each),
-    then on ``eval_envs`` fresh episodes per task the true return and cost of: the solver's ``output``, the
-    last iterate, the latest iterate estimated feasible (``latest_within_limit``) and the initial policy."""
+    then on ``eval_envs`` fresh episodes per task the true return and cost of: the last iterate, the latest
+    iterate estimated feasible (``latest_within_limit``) and the initial policy; ``output`` is whichever of
+    the first two the solver hands out (``InnerSolver.output_rule``)."""
     from safemeta.algorithms.inner.base import latest_within_limit
 
     family, adapter, inner = trainer.family, trainer.adapter, trainer.inner
@@ -70,8 +71,7 @@ def solver_endpoint(trainer, n_tasks: int, steps: int, envs_per_task: int, eval_
     res = adapter.adapt(stacked_theta(trainer.meta, n_tasks), venv, steps, inner.init_state(n_tasks, family.cost_limit),
                         trainer.meta.critics_for(n_tasks), trainer.cfg.trainer.episodes_per_env,
                         torch.Generator().manual_seed(seed), final_rollout=False)
-    candidates = {"output": inner.output(res), "last": res.params[-1],
-                  "feasible": latest_within_limit(res, float(getattr(inner.cfg, "tolerance", 0.0))),
+    candidates = {"last": res.params[-1], "feasible": latest_within_limit(res, inner.tolerance),
                   "initial": res.params[0]}
     eval_venv = family.make(tasks, eval_envs, "cpu", 1000 + seed)
     out: dict = {"cost_limit": family.cost_limit,
@@ -79,4 +79,5 @@ def solver_endpoint(trainer, n_tasks: int, steps: int, envs_per_task: int, eval_
     for name, params in candidates.items():
         b = adapter.collector.collect(params, eval_venv, 1, torch.Generator().manual_seed(1000 + seed))
         out[name] = {"return": b.ep_return.tolist(), "cost": b.ep_cost.tolist()}
+    out["output"] = out[inner.output_rule]
     return out

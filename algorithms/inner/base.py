@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from safemeta.batch import Batch
+from safemeta.config.schema import spec
 from safemeta.params import Params, select
 from safemeta.policy import GaussianActor, batched, gaussian_kl, gaussian_log_prob
 
@@ -61,11 +62,21 @@ class InnerSolver(ABC):
              ) -> tuple[Params, State, dict[str, Tensor]]:
         """One update for every task; returns new params, new state and per-task ``[N]`` diagnostics."""
 
+    @property
+    def output_rule(self) -> str:
+        """``"last"`` or ``"feasible"``: the config's ``output`` (a solver without one hands out the last iterate)."""
+        return getattr(self.cfg, "output", "last")
+
+    @property
+    def tolerance(self) -> float:
+        """How far above d a cost estimate still counts as feasible (CRPO's eta; 0 for the others)."""
+        return 0.0
+
     def output(self, result: "AdaptationResult") -> Params:
         """The per-task policy to hand out after ``result``'s steps (see the module docstring)."""
-        if getattr(self.cfg, "output", "last") == "last":
+        if self.output_rule == "last":
             return result.params[-1]
-        return latest_within_limit(result, float(getattr(self.cfg, "tolerance", 0.0)))
+        return latest_within_limit(result, self.tolerance)
 
     @abstractmethod
     def advantages(self, batch: Batch, state: State) -> Tensor:
@@ -98,6 +109,12 @@ class InnerSolver(ABC):
             m0, s0 = self.actor_fn(old, obs)
         m1, s1 = self.actor_fn(new, obs)
         return gaussian_kl(m0, s0, m1, s1).mean(dim=1)
+
+
+def output_field(default: str):
+    """The ``output`` config field of a constrained solver (see ``InnerSolver.output``)."""
+    return spec(default, doc="the policy handed out after the steps: 'last', the last iterate, or 'feasible', the "
+                             "latest iterate whose own cost estimate was within d (+ tolerance)")
 
 
 def latest_within_limit(result: "AdaptationResult", tolerance: float = 0.0) -> Params:

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from safemeta.algorithms.inner.base import InnerSolver, State, episode_cost_advantages, normalize
+from safemeta.algorithms.inner.base import InnerSolver, State, episode_cost_advantages, normalize, output_field
 from safemeta.algorithms.inner.cpo_backends import solve_with_backend
 from safemeta.algorithms.inner.cpo_step import solve_cpo
 from safemeta.algorithms.inner.natural_gradient import (backtracking_line_search, conjugate_gradient,
@@ -55,9 +55,7 @@ class CPOConfig:
     cost_gradient: Literal["episode", "step"] = spec(
         "episode", doc="units of a: 'episode' scales the cost surrogate by env steps per episode so that a^T x is a "
         "change of J_C, in the units of b (eq. 3); 'step' leaves it per step, as OmniSafe's CPO does (for cross-checks)")
-    output: Literal["last", "feasible"] = spec("last", doc="the policy handed out after the steps: the last "
-                                               "iterate, or the latest one whose cost estimate was within d "
-                                               "(InnerSolver.output)")
+    output: Literal["last", "feasible"] = output_field("last")
 
 
 @register_inner("cpo", "CPO: reward step in a trust region under a linearized cost constraint, recovery when infeasible")

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from safemeta.algorithms.inner.base import InnerSolver, State, normalize
+from safemeta.algorithms.inner.base import InnerSolver, State, normalize, output_field
 from safemeta.algorithms.inner.natural_gradient import conjugate_gradient, fisher_vector_product, flat_grad
 from safemeta.batch import Batch
 from safemeta.config.schema import spec
@@ -42,9 +42,7 @@ class CRPOConfig:
     max_kl: float = spec(0.01, gt=0, doc="cap on the step's quadratic KL estimate")
     cg_iters: int = spec(10, ge=1)
     cg_damping: float = spec(0.1, ge=0)
-    output: Literal["feasible", "last"] = spec("feasible", doc="the policy handed out after the steps: the latest "
-                                               "iterate whose cost estimate was within d + eta (Algorithm 1's N_0), "
-                                               "or the last iterate")
+    output: Literal["feasible", "last"] = output_field("feasible")  # 'feasible': Algorithm 1's N_0
 
 
 @register_inner("crpo", "CRPO: natural-gradient step on reward if J_C <= d + eta, else on the violated cost")
@@ -55,9 +53,13 @@ class CRPO(InnerSolver):
     def default_state(self, n_tasks: int) -> State:
         return {"step_size": torch.full((n_tasks,), float(self.cfg.step_size))}
 
+    @property
+    def tolerance(self) -> float:
+        return float(self.cfg.tolerance)
+
     def cost_step(self, batch: Batch, state: State) -> Tensor:
         """[N] bool: the tasks whose cost estimate exceeds limit + tolerance."""
-        return batch.ep_constraint_cost > state["cost_limit"] + self.cfg.tolerance
+        return batch.ep_constraint_cost > state["cost_limit"] + self.tolerance
 
     def advantages(self, batch: Batch, state: State) -> Tensor:
         use_cost = self.cost_step(batch, state).reshape(-1, 1, 1)

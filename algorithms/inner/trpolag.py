@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from safemeta.algorithms.inner.base import State, normalize
+from safemeta.algorithms.inner.base import State, normalize, output_field
 from safemeta.algorithms.inner.trpo import TRPOConfig, TrustRegionSolver
 from safemeta.batch import Batch
 from safemeta.config.schema import spec
@@ -27,9 +27,7 @@ class TRPOLagConfig(TRPOConfig):
     lagrange_init: float = spec(0.0, ge=0, doc="lambda_0")
     lagrange_lr: float = spec(0.05, ge=0, doc="step size of the dual ascent on lambda")
     lagrange_max: float = spec(100.0, gt=0, doc="upper clamp of lambda")
-    output: Literal["last", "feasible"] = spec("last", doc="the policy handed out after the steps: the last "
-                                               "iterate, or the latest one whose cost estimate was within d "
-                                               "(InnerSolver.output)")
+    output: Literal["last", "feasible"] = output_field("last")
 
 
 @register_inner("trpolag", "TRPO-Lagrangian: TRPO on (A_R - lambda A_C)/(1+lambda), lambda by dual ascent")
