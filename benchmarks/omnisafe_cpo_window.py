@@ -7,8 +7,8 @@ past epochs and lags behind the current one. CPO's b is the current policy's J_C
 eq. 3: J_C(pi_k) - d), which is what ours uses. This script runs ``omnisafe_crosscheck.py`` (same
 arguments) with our CPO's b replaced by that window's mean, to measure how much of a gap the lag
 explains (each finished episode enters the window at its batch's mean cost, so the window's oldest
-batch may count in part); it is an investigation aid, not an option of the product. Results are cached apart from the
-plain cross-check's (``--out``, default ``runs/crosscheck_window``).
+batch may count in part); it is an investigation aid, not an option of the product. Results are cached
+apart from the plain cross-check's (``--out``, default ``runs/crosscheck_window``).
 
     .venv/bin/python benchmarks/omnisafe_cpo_window.py --family sg-env --env-id SafetyPointGoal1-v0 \
         --epochs 10 --steps-per-epoch 4000 --envs 4 --seeds 0 1 2 --algos cpo --only ours \

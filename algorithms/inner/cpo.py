@@ -54,7 +54,8 @@ class CPOConfig:
     max_backtracks: int = spec(15, ge=1)
     cost_gradient: Literal["episode", "step"] = spec(
         "episode", doc="units of a: 'episode' scales the cost surrogate by env steps per episode so that a^T x is a "
-        "change of J_C, in the units of b (eq. 3); 'step' leaves it per step, as OmniSafe's CPO does (for cross-checks)")
+        "change of J_C, in the units of b (eq. 3); 'step' leaves it per step, as OmniSafe's CPO does "
+        "(for cross-checks)")
     output: Literal["last", "feasible"] = output_field("last")
 
 

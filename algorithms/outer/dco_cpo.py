@@ -72,7 +72,8 @@ class DCOCPOConfig:
 def post_adaptation_objectives(inner: InnerSolver, phi: Params, batch: Batch, state: State) -> tuple[Tensor, Tensor]:
     """Per task ``[M]``: F_p, the reward surrogate the inner solver ascends, and G_p = J_C - d + cost surrogate."""
     f = inner.objective(phi, batch, state)
-    g = batch.ep_constraint_cost - state["cost_limit"] + inner.surrogate(phi, batch, episode_cost_advantages(batch).detach())
+    g = batch.ep_constraint_cost - state["cost_limit"] + \
+        inner.surrogate(phi, batch, episode_cost_advantages(batch).detach())
     return f, g
 
 
