@@ -12,7 +12,7 @@ apart from the plain cross-check's (``--out``, default ``runs/crosscheck_window`
 
     .venv/bin/python benchmarks/omnisafe_cpo_window.py --family sg-env --env-id SafetyPointGoal1-v0 \
         --epochs 10 --steps-per-epoch 4000 --envs 4 --seeds 0 1 2 --algos cpo --only ours \
-        --set policy.obs_normalize=true policy.init_log_std=0.0 critic.iters=80 inner.cost_gradient=step
+        --set policy.obs_normalize=true policy.init_log_std=0.0 critic.epochs=80 inner.cost_gradient=step
 """
 from __future__ import annotations
 

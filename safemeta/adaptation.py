@@ -38,10 +38,14 @@ class AdaptationResult:
     state: State  # the inner solver's state after the K steps
     critics: CriticParams
     infos: list[dict[str, Tensor]] = field(default_factory=list)
+    critic_infos: list[dict[str, Tensor]] = field(default_factory=list)  # per critic fit: [N] explained variances
     initial_state: State | None = None  # the inner solver's state before the first step
     # task-summed terms an outer updater computed where the graph through the inner steps lives (a Ray
     # worker; `OuterUpdater.shard_terms`), or None when it computes from ``params`` itself
     meta_terms: dict[str, Tensor] | None = None
+    # batch 0 of every task pooled into one, annotated by the critics' initialization after the trainer fitted
+    # it on that batch (`safemeta.model.fit_meta_critics`); set by the trainer before the outer update
+    meta_batch: Batch | None = None
 
     @property
     def env_steps(self) -> int:
@@ -64,18 +68,21 @@ class Adapter:
     def adapt(self, init: Params, venv: VecCMDP, steps: int, state: State, critic_params: CriticParams,
               episodes_per_env: int, gen: torch.Generator, final_rollout: bool = True,
               differentiable: bool = False) -> AdaptationResult:
-        params, batches, infos, all_params = init, [], [], [init]
+        """Each rollout's critics start from the previous rollout's fitted ones (the first from
+        ``critic_params``); ``critic_infos`` holds every fit's explained variances."""
+        params, batches, infos, critic_infos, all_params = init, [], [], [], [init]
         initial_state = {k: v.clone() for k, v in state.items()}
-        for _ in range(steps):
+        for k in range(steps + int(final_rollout)):
             batch, critic_params = self.rollout(params, venv, critic_params, episodes_per_env, gen)
-            params, state, info = finite_step(self.inner, params, batch, state, differentiable)
             batches.append(batch)
+            critic_infos.append(dict(self.critics.last_fit))
+            if k == steps:
+                break
+            params, state, info = finite_step(self.inner, params, batch, state, differentiable)
             infos.append(info)
             all_params.append(params)
-        if final_rollout:
-            batch, critic_params = self.rollout(params, venv, critic_params, episodes_per_env, gen)
-            batches.append(batch)
-        return AdaptationResult(all_params, batches, state, critic_params, infos, initial_state)
+        return AdaptationResult(all_params, batches, state, critic_params, infos, initial_state=initial_state,
+                                critic_infos=critic_infos)
 
 
 def finite_step(inner: InnerSolver, params: Params, batch: Batch, state: State, differentiable: bool

@@ -84,32 +84,33 @@ class Batch:
 
 def episode_means(x: Tensor, terminated: Tensor, truncated: Tensor) -> Tensor:
     """``[N]``: per-episode sums of ``x[N, T, E]``, averaged over the episodes that finished in the batch
-    (the collector's ``ep_return`` / ``ep_cost``; 0 where none finished)."""
+    (the collector's ``ep_return`` / ``ep_cost``; 0 where none finished).
+
+    Vectorized: the finished episodes of one env tile its steps up to its last episode end, so their sums
+    add up to the sum of ``x`` over those steps (no loop over T)."""
     ends = terminated | truncated
-    running = torch.zeros_like(x[:, 0])
-    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    count = torch.zeros_like(total)
-    for t in range(x.shape[1]):
-        running = running + x[:, t]
-        done = ends[:, t].to(x.dtype)
-        total += (running * done).sum(-1)
-        count += done.sum(-1)
-        running = running * (1.0 - done)
+    up_to_last_end = ends.flip(1).cumsum(1).flip(1) > 0  # [N, T, E]: at or before the env's last end
+    total = (x * up_to_last_end.to(x.dtype)).sum(dim=(1, 2))
+    count = ends.sum(dim=(1, 2)).to(x.dtype)
     return total / count.clamp(min=1)
 
 
 def gae(rew: Tensor, value: Tensor, next_value: Tensor, terminated: Tensor, truncated: Tensor,
-        gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+        gamma: float | Tensor, lam: float | Tensor) -> tuple[Tensor, Tensor]:
     """Generalized advantage estimation over dim 1 of ``[N, T, E]`` tensors.
 
     Returns ``(advantages, returns)`` with ``returns = advantages + value`` (the TD(lambda) targets).
+    ``gamma`` and ``lam`` may be ``[N, 1, 1]`` tensors (one pair per row: the critics annotate reward and
+    cost rows in one call). The backward recursion runs time-major with one fused multiply-add per step.
     """
     not_term = (~terminated).to(rew.dtype)
     cont = (~(terminated | truncated)).to(rew.dtype)
-    delta = rew + gamma * next_value * not_term - value
-    adv = torch.zeros_like(rew)
-    running = torch.zeros_like(rew[:, 0])
-    for t in range(rew.shape[1] - 1, -1, -1):
-        running = delta[:, t] + gamma * lam * cont[:, t] * running
-        adv[:, t] = running
+    delta = (rew + gamma * next_value * not_term - value).transpose(0, 1).contiguous()  # [T, N, E]
+    coef = (gamma * lam * cont).transpose(0, 1).contiguous()
+    adv = torch.empty_like(delta)
+    running = torch.zeros_like(delta[0])
+    for t in range(delta.shape[0] - 1, -1, -1):
+        running = torch.addcmul(delta[t], coef[t], running)
+        adv[t] = running
+    adv = adv.transpose(0, 1).contiguous()
     return adv, adv + value

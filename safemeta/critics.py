@@ -1,9 +1,24 @@
 """Reward and cost critics V_R, V_C per task: values, GAE annotation and fitting.
 
 Critic parameters are stacked per task like the actor's. ``annotate`` fills a batch's advantages and
-lambda-returns; ``fit`` regresses the critics on those returns with full-batch Adam. Adam is
-elementwise, so optimizing the stacked tensors on the sum of per-task losses is N independent fits.
-The adaptation loop fits first and then annotates with the fitted critics (as MAML's baseline does).
+lambda-returns; ``fit`` regresses the critics on those returns. The adaptation loop fits first and then
+annotates with the fitted critics (as MAML's baseline does).
+
+Fitting is minibatch Adam over shuffled samples: ``critic.epochs`` passes over the batch's T x E samples
+of each task in minibatches of ``critic.minibatch_size`` samples per task, at most
+``critic.max_minibatches`` Adam steps per fit (so a large batch is fitted on a subsample and the fit's
+cost stays bounded). V_R and V_C of all N tasks are one ``[2N, ...]`` stack evaluated by one batched
+matmul chain; Adam is elementwise, so optimizing the stack on the sum of the per-row losses is 2N
+independent fits. The shuffle comes from a generator seeded per fit (``SHUFFLE_SEED``), not from a run's
+random streams: a fit's result depends on its batch and starting critics only, whoever computes it (a Ray
+worker or the driver) and whatever ran before.
+
+Value targets are the GAE(lambda) returns of ``annotate``, which bootstrap from V(final obs) at a
+time-limit truncation and not at a termination (``safemeta.batch.gae``), so they stay correct for
+episodes that the time limit cuts.
+
+``fit`` also reports the explained variance 1 - Var(target - V) / Var(target) of each task's fitted V_R
+and V_C on the batch they were fitted to (``critic/ev_reward``, ``critic/ev_cost`` in a run's metrics).
 """
 from __future__ import annotations
 
@@ -15,8 +30,10 @@ from torch import Tensor
 from safemeta.batch import Batch, gae
 from safemeta.config.schema import CriticConfig
 from safemeta.cost_shaping import shape
-from safemeta.params import Params, detach
+from safemeta.params import Params, detach, stack
 from safemeta.policy import Critic, batched
+
+SHUFFLE_SEED = 20261201
 
 
 @dataclass
@@ -24,12 +41,28 @@ class CriticParams:
     reward: Params  # [N, ...]
     cost: Params  # [N, ...]
 
+    def stacked(self) -> Params:
+        """V_R's rows then V_C's rows: ``[2N, ...]``."""
+        return {k: torch.cat([self.reward[k], self.cost[k]], 0) for k in self.reward}
+
+    @classmethod
+    def split(cls, both: Params) -> "CriticParams":
+        n = next(iter(both.values())).shape[0] // 2
+        return cls({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()})
+
+
+def explained_variance(pred: Tensor, target: Tensor) -> Tensor:
+    """Per row of ``[R, S]``: 1 - Var(target - pred) / Var(target) (1 is a perfect fit, 0 is the mean's)."""
+    var = target.var(dim=1)
+    return 1.0 - (target - pred).var(dim=1) / var.clamp(min=1e-8)
+
 
 class Critics:
     def __init__(self, obs_dim: int, cfg: CriticConfig):
         self.cfg = cfg
         self.module = Critic(obs_dim, cfg.hidden_sizes, cfg.activation)
         self.fn = batched(self.module)
+        self.last_fit: dict[str, Tensor] = {}  # the last fit's per-task explained variances ([N] each)
 
     def values(self, params: Params, obs: Tensor) -> Tensor:
         """``obs[N, T, E, d] -> V[N, T, E]``."""
@@ -41,29 +74,57 @@ class Critics:
         ``cost_shaping_horizon > 0``: the bonus is added here, once per batch)."""
         cfg = self.cfg
         batch = shape(batch, cfg.cost_shaping_horizon, cfg.cost_shaping_coeff)
+        n, t, e, d = batch.obs.shape
         with torch.no_grad():
-            v_r, nv_r = self.values(params.reward, batch.obs), self.values(params.reward, batch.next_obs)
-            v_c, nv_c = self.values(params.cost, batch.obs), self.values(params.cost, batch.next_obs)
-            adv_r, ret_r = gae(batch.rew, v_r, nv_r, batch.terminated, batch.truncated, cfg.gamma, cfg.lam)
-            adv_c, ret_c = gae(batch.constraint_cost, v_c, nv_c, batch.terminated, batch.truncated,
-                               cfg.cost_gamma, cfg.cost_lam)
-        return batch.with_advantages(adv_r, adv_c, ret_r, ret_c)
+            states = torch.cat([batch.obs, batch.next_obs], 1).reshape(n, 2 * t * e, d)
+            v = self.fn(params.stacked(), torch.cat([states, states], 0)).reshape(2 * n, 2 * t, e)
+            v, nv = v[:, :t], v[:, t:]  # V(s_t), V(s_{t+1}) of V_R's rows then V_C's
+            rows = lambda a, b: torch.tensor([a] * n + [b] * n).reshape(2 * n, 1, 1)  # noqa: E731
+            adv, ret = gae(torch.cat([batch.rew, batch.constraint_cost], 0), v, nv,
+                           batch.terminated.repeat(2, 1, 1), batch.truncated.repeat(2, 1, 1),
+                           rows(cfg.gamma, cfg.cost_gamma), rows(cfg.lam, cfg.cost_lam))
+        return batch.with_advantages(adv[:n], adv[n:], ret[:n], ret[n:])
+
+    def minibatches(self, samples: int) -> list[Tensor]:
+        """Index sets of the fit's Adam steps: ``epochs`` shuffled passes over ``samples`` in minibatches of
+        ``minibatch_size`` (0: the whole batch), the first ``max_minibatches`` of them (0: all)."""
+        cfg = self.cfg
+        size = cfg.minibatch_size if 0 < cfg.minibatch_size < samples else samples
+        per_epoch = -(-samples // size)
+        total = cfg.epochs * per_epoch
+        if cfg.max_minibatches:
+            total = min(total, cfg.max_minibatches)
+        gen = torch.Generator().manual_seed(SHUFFLE_SEED)
+        out: list[Tensor] = []
+        while len(out) < total:
+            perm = torch.randperm(samples, generator=gen) if size < samples else torch.arange(samples)
+            out.extend(perm[i:i + size] for i in range(0, samples, size))
+        return out[:total]
 
     def fit(self, batch: Batch, params: CriticParams) -> CriticParams:
-        """Regress V_R on ret_r and V_C on ret_c (batch must be annotated)."""
-        if self.cfg.iters == 0:
-            return params
-        reward = {k: v.clone().requires_grad_(True) for k, v in detach(params.reward).items()}
-        cost = {k: v.clone().requires_grad_(True) for k, v in detach(params.cost).items()}
-        opt = torch.optim.Adam([*reward.values(), *cost.values()], lr=self.cfg.lr)
-        for _ in range(self.cfg.iters):
-            opt.zero_grad()
-            loss_r = (self.values(reward, batch.obs) - batch.ret_r).pow(2).mean(dim=(1, 2))
-            loss_c = (self.values(cost, batch.obs) - batch.ret_c).pow(2).mean(dim=(1, 2))
-            (loss_r.sum() + loss_c.sum()).backward()
-            opt.step()
-        return CriticParams(detach(reward), detach(cost))
+        """Regress V_R on ret_r and V_C on ret_c (batch must be annotated); sets ``last_fit``."""
+        n, t, e, d = batch.obs.shape
+        obs = batch.obs.reshape(n, t * e, d).repeat(2, 1, 1)  # [2N, S, d]: V_R's rows then V_C's
+        target = torch.cat([batch.ret_r, batch.ret_c], 0).reshape(2 * n, t * e)
+        both = {k: v.clone().requires_grad_(True) for k, v in detach(params.stacked()).items()}
+        steps = self.minibatches(t * e) if self.cfg.epochs else []
+        if steps:
+            opt = torch.optim.Adam(list(both.values()), lr=self.cfg.lr)
+            for idx in steps:
+                opt.zero_grad()
+                loss = (self.fn(both, obs[:, idx]) - target[:, idx]).pow(2).mean(dim=1)
+                loss.sum().backward()
+                opt.step()
+        with torch.no_grad():
+            ev = explained_variance(self.fn(both, obs), target)
+        self.last_fit = {"ev_reward": ev[:n], "ev_cost": ev[n:]}
+        return CriticParams.split(detach(both))
 
     def fit_and_annotate(self, batch: Batch, params: CriticParams) -> tuple[Batch, CriticParams]:
         params = self.fit(self.annotate(batch, params), params)
         return self.annotate(batch, params), params
+
+
+def single(reward: Params, cost: Params) -> CriticParams:
+    """One critic pair (unstacked params) as a one-task ``CriticParams``."""
+    return CriticParams(stack(reward, 1), stack(cost, 1))

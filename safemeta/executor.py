@@ -89,8 +89,9 @@ def merge(results: list[AdaptationResult]) -> AdaptationResult:
         return results[0]
     first = results[0]
     batches = [Batch.concat([r.batches[k] for r in results]) for k in range(len(first.batches))]
-    infos = [{key: torch.cat([r.infos[k][key].reshape(-1) for r in results]) for key in first.infos[k]}
-             for k in range(len(first.infos))]
+    infos, critic_infos = ([{key: torch.cat([getattr(r, name)[k][key].reshape(-1) for r in results])
+                             for key in getattr(first, name)[k]} for k in range(len(getattr(first, name)))]
+                           for name in ("infos", "critic_infos"))
     return AdaptationResult(
         params=[concat([r.params[k] for r in results]) for k in range(len(first.params))],
         batches=batches,
@@ -98,6 +99,7 @@ def merge(results: list[AdaptationResult]) -> AdaptationResult:
         critics=CriticParams(concat([r.critics.reward for r in results]),
                              concat([r.critics.cost for r in results])),
         infos=infos,
+        critic_infos=critic_infos,
         initial_state=None if first.initial_state is None else concat([r.initial_state for r in results]),
         meta_terms=_sum_terms([r.meta_terms for r in results]))
 

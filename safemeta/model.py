@@ -2,14 +2,21 @@
 
 ``MetaParams`` holds theta (the meta-policy's parameters, unstacked leaf tensors an outer optimizer
 updates) and the critics' initialization that every task's critics start from.
+
+The critics' initialization is carried across meta-iterations the same way for every method
+(`fit_meta_critics`): after each iteration's adaptation, V_R and V_C are regressed on the meta-policy's own
+rollouts on the iteration's tasks (batch 0, all tasks pooled), starting from their previous value. Every
+task's critics in the next iteration, and at meta-test, start from them. C-MAML's global safety critic
+(its eq. 12) is this V_C.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 
+from safemeta.batch import Batch
 from safemeta.config.schema import Config
-from safemeta.critics import CriticParams, Critics
+from safemeta.critics import CriticParams, Critics, single
 from safemeta.params import Params, stack
 from safemeta.policy import Critic, GaussianActor, init_params
 
@@ -52,3 +59,11 @@ def stacked_theta(meta: MetaParams, n: int, keep_graph: bool = False) -> Params:
     return stack(src, n) if keep_graph else {k: v.clone() for k, v in stack(src, n).items()}
 
 
+def fit_meta_critics(meta: MetaParams, critics: Critics, meta_batch: Batch) -> Batch:
+    """Fit the critics' initialization on the meta-policy's rollouts ``meta_batch`` (``[N, T, E]``, pooled into
+    one task here) from its previous value, in place; returns the pooled batch annotated by the fitted pair.
+    ``critics.last_fit`` then holds the fit's explained variances."""
+    annotated, fitted = critics.fit_and_annotate(meta_batch.pooled(), single(meta.critic_reward, meta.critic_cost))
+    meta.critic_reward = {k: v[0].clone() for k, v in fitted.reward.items()}
+    meta.critic_cost = {k: v[0].clone() for k, v in fitted.cost.items()}
+    return annotated

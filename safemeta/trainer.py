@@ -5,6 +5,7 @@
         venv   = family.make(tasks, envs_per_task)                 (all tasks batched)
         result = adapter.adapt(theta, venv, K, inner state from outer.inner_overrides,
                                critics from outer.initial_critics, differentiable=outer.needs_differentiable)
+        the critics' initialization fitted on batch 0 (the meta-policy's rollouts), for every method
         metrics = outer.update(result, tasks)                      (the meta step)
         a non-finite theta, critic or metric after it: the update is undone and logged (skipped_update)
         every eval_every: meta-test on held-out tasks; log; every checkpoint_every: checkpoint
@@ -38,7 +39,7 @@ from safemeta.config.schema import Config
 from safemeta.errors import UserError
 from safemeta.evaluation import MetaTestSpec, meta_test
 from safemeta.executor import make_executor, split_jobs
-from safemeta.model import MetaParams, build_modules, init_meta_params, stacked_theta
+from safemeta.model import MetaParams, build_modules, fit_meta_critics, init_meta_params, stacked_theta
 from safemeta.obs_norm import RunningObsNorm
 
 
@@ -100,6 +101,8 @@ class MetaTrainer:
                             "train/return_K": float(last.ep_return.mean()), "train/cost_K": float(last.ep_cost.mean())})
             for key, value in (result.infos[-1] if result.infos else {}).items():
                 metrics[f"inner/{key}"] = float(value.float().mean())
+            for key in ("ev_reward", "ev_cost"):  # every fit of the adaptation, all tasks
+                metrics[f"critic/{key}"] = float(torch.stack([c[key] for c in result.critic_infos]).mean())
             self.counters["env_steps"] += result.env_steps
             self.counters["train_cost_paid"] += result.episode_cost_paid()
         if self.obs_norm is not None:  # this iteration's observations join the normalization from now on
@@ -113,7 +116,9 @@ class MetaTrainer:
         metrics (a NaN / Inf gradient, step or loss): the iteration then counts as a skipped update, and
         nothing non-finite ever reaches theta or a checkpoint."""
         before = (copy.deepcopy(self.meta.state_dict()), copy.deepcopy(self.outer.state_dict()))
-        metrics = self.outer.update(result, tasks)
+        result.meta_batch = fit_meta_critics(self.meta, self.critics, result.batches[0])
+        metrics = {f"critic/meta_{k}": float(v.mean()) for k, v in self.critics.last_fit.items()}
+        metrics.update(self.outer.update(result, tasks))
         meta = self.meta
         bad = nonfinite_entries({"theta": meta.theta, "critic_reward": meta.critic_reward,
                                  "critic_cost": meta.critic_cost})

@@ -20,7 +20,7 @@ def tiny_config(tmp_path: Path, **overrides):
     base = {"env": "tiny-nav", "out": str(tmp_path / "runs"),
             "trainer": {"iters": 4, "tasks_per_iter": 3, "envs_per_task": 4, "eval_every": 2, "checkpoint_every": 2},
             "eval": {"tasks": 2, "adapt_steps": 1, "envs_per_task": 4},
-            "critic": {"iters": 5}, "log": {"progress": False}}
+            "critic": {"epochs": 5}, "log": {"progress": False}}
     return safemeta.resolve_config([("test", base), ("test overrides", overrides)])
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from safemeta.algorithms.inner.natural_gradient import flat_grad
-from safemeta.model import stacked_theta
+from safemeta.model import fit_meta_critics, stacked_theta
 from safemeta.params import detach, stack
 from safemeta.trainer import MetaTrainer
 
@@ -29,7 +29,7 @@ def _adapt(t, n):
 def test_one_task_without_eta_gives_the_post_adaptation_gradient(make_config):
     t = _trainer(make_config, tasks=1, adaptive_eta=False)
     result = _adapt(t, 1)
-    grad = t.outer.meta_gradient(result, t.outer.fit_global_cost_critic(result.batches[0].pooled()))
+    grad = t.outer.meta_gradient(result, fit_meta_critics(t.meta, t.critics, result.batches[0]))
     phi = {k: v.requires_grad_(True) for k, v in detach(result.params[-1]).items()}
     expected = flat_grad(t.inner.objective(phi, result.batches[-1], result.state).sum(), phi)  # TRPOLag's own
     torch.testing.assert_close(grad, expected)
@@ -38,7 +38,7 @@ def test_one_task_without_eta_gives_the_post_adaptation_gradient(make_config):
 def test_eta_adds_the_safety_critics_cost_gradient(make_config):
     t = _trainer(make_config, adaptive_eta=True)
     result = _adapt(t, 3)
-    meta_batch = t.outer.fit_global_cost_critic(result.batches[0].pooled())
+    meta_batch = fit_meta_critics(t.meta, t.critics, result.batches[0])
     t.outer.eta = 0.0
     without = t.outer.meta_gradient(result, meta_batch)
     t.outer.eta = 2.0
@@ -88,13 +88,13 @@ def test_global_cost_critic_converges_to_the_discounted_cost(make_config):
     """A hazard covering the whole arena: cost 1 at every step, so V_C = 1 / (1 - gamma_c) everywhere
     (time-limit truncations bootstrap, so the infinite-horizon value is the fixed point)."""
     t = MetaTrainer(make_config(algo="c_maml", env_cfg={"tiny-nav": {"hazard_radius": 100.0}},
-                                critic={"iters": 50, "lr": 0.01, "cost_gamma": 0.8, "cost_lam": 1.0}))
+                                critic={"epochs": 50, "lr": 0.01, "cost_gamma": 0.8, "cost_lam": 1.0}))
     gen = torch.Generator().manual_seed(0)
     venv = t.family.make(t.family.sample(3, "train", np.random.default_rng(0)), 8, "cpu", 0)
     for _ in range(30):
         batch = t.adapter.collector.collect(stacked_theta(t.meta, 3), venv, 1, gen)
         assert float(batch.cost.mean()) == 1.0
-        t.outer.fit_global_cost_critic(batch.pooled())
+        fit_meta_critics(t.meta, t.critics, batch)
     with torch.no_grad():
         v = t.critics.values(stack(t.meta.critic_cost, 1), batch.pooled().obs)
     assert float(v.mean()) == pytest.approx(5.0, rel=0.05)

@@ -41,7 +41,7 @@ def local_ray():
 
 
 def _layers(algo="fomaml_trpo", **trainer):
-    layers = {"algo": algo, "env": "tiny-nav", "seed": 3, "log": {"progress": False}, "critic": {"iters": 2},
+    layers = {"algo": algo, "env": "tiny-nav", "seed": 3, "log": {"progress": False}, "critic": {"epochs": 2},
               "policy": {"obs_normalize": True}, "eval": {"tasks": 2, "adapt_steps": 1},
               "trainer": {"iters": 2, "tasks_per_iter": 2, "envs_per_task": 2, "eval_every": 0, **trainer}}
     if algo == "meta_cpo":

@@ -142,7 +142,7 @@ CRASH_IN_CHECKPOINT = textwrap.dedent('''
 def test_crash_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path):
     args = ["train", "--env", "tiny-nav", "--iters", "6", "--set", "trainer.checkpoint_every=2",
             "--set", "trainer.eval_every=0", "--set", "trainer.tasks_per_iter=2", "--set", "trainer.envs_per_task=4",
-            "--set", "critic.iters=5", "--set", "eval.tasks=2", "--no-progress"]
+            "--set", "critic.epochs=5", "--set", "eval.tasks=2", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     script = tmp_path / "crash.py"
     script.write_text("import safemeta.cli\n" + CRASH_IN_CHECKPOINT)

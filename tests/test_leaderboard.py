@@ -27,7 +27,7 @@ EXPLODING = textwrap.dedent('''
 def _grid(tmp_path, **extra):
     spec = {"out": str(tmp_path / "runs"), "algos": ["fomaml_trpo"], "envs": ["tiny-nav"], "seeds": [0],
             "set": {"trainer.iters": 2, "trainer.tasks_per_iter": 2, "trainer.eval_every": 0, "eval.tasks": 2,
-                    "eval.adapt_steps": 1, "critic.iters": 2}, **extra}
+                    "eval.adapt_steps": 1, "critic.epochs": 2}, **extra}
     path = tmp_path / "grid.yaml"
     path.write_text(json.dumps(spec))  # JSON is YAML
     return path

@@ -78,7 +78,7 @@ def test_random_and_pretrained_presets(make_config):
 
 def test_sigkill_mid_training_then_resume_matches_uninterrupted_run(tmp_path):
     args = ["train", "--env", "tiny-nav", "--iters", "30", "--set", "trainer.checkpoint_every=3", "--set", "trainer.eval_every=10",
-            "--set", "trainer.tasks_per_iter=2", "--set", "trainer.envs_per_task=4", "--set", "critic.iters=5",
+            "--set", "trainer.tasks_per_iter=2", "--set", "trainer.envs_per_task=4", "--set", "critic.epochs=5",
             "--set", "eval.tasks=2", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cli = [sys.executable, "-m", "safemeta.cli"]

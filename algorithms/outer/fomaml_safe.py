@@ -2,13 +2,14 @@
 its appendix): first-order constrained MAML with a global safety critic, an adaptive eta and a meta lambda.
 
 Per iteration the trainer samples M tasks; per task p the adapter starts pi'_p at pi_theta, the task's
-cost critic at the global cost critic V_C and its reward critic fresh (`initial_critics`), lambda_p at
-the meta lambda (`inner_overrides`, for an inner solver with a multiplier such as ``trpolag``), and
-adapts with the inner solver; batch 0 holds the meta-policy's own rollouts, the last batch the
-post-adaptation rollouts of pi'_p. Then:
+critics at the critics' initialization (`initial_critics`: the global cost critic V_C and its reward
+twin), lambda_p at the meta lambda (`inner_overrides`, for an inner solver with a multiplier such as
+``trpolag``), and adapts with the inner solver; batch 0 holds the meta-policy's own rollouts, the last
+batch the post-adaptation rollouts of pi'_p. Then:
 
 - global cost critic (eq. 12): V_C is regressed on the meta-policy's rollouts across the sampled tasks
-  (batch 0, all tasks pooled), from its previous value;
+  (batch 0, all tasks pooled), from its previous value. The trainer does this for every method before the
+  outer update (`safemeta.model.fit_meta_critics`); ``result.meta_batch`` is batch 0 annotated by it;
 - meta-gradient (eq. 21 with eq. 14 / 30): the first-order (FOMAML) gradient of each task's
   post-adaptation Lagrangian, averaged over tasks, minus eta times the meta-policy's cost
   policy-gradient with V_C's advantages (the term that does not depend on pi'_p):
@@ -44,7 +45,6 @@ from safemeta.algorithms.outer.fomaml import FOMAML, first_order_meta_gradient
 from safemeta.algorithms.outer.meta_optimizer import MetaOptimizerConfig, ascend, meta_fisher_solve
 from safemeta.batch import Batch
 from safemeta.config.schema import spec
-from safemeta.critics import CriticParams
 from safemeta.params import flat, stack, unflat
 from safemeta.registry import register_outer
 from safemeta.task import Task
@@ -90,14 +90,6 @@ class FOMAMLSafe(FOMAML):
     def inner_overrides(self, tasks: list[Task]) -> dict[str, Tensor]:
         return {"lagrange": torch.tensor(self.lagrange)} if self.inner_has_lagrange else {}
 
-    def fit_global_cost_critic(self, meta_batch: Batch) -> Batch:
-        """Regress V_C on the meta-policy's pooled rollouts (eq. 12); returns the batch annotated by it."""
-        meta = self.ctx.meta
-        start = CriticParams(reward=stack(meta.critic_reward, 1), cost=stack(meta.critic_cost, 1))
-        annotated, fitted = self.ctx.critics.fit_and_annotate(meta_batch, start)
-        meta.critic_cost = {k: v[0].detach().clone() for k, v in fitted.cost.items()}
-        return annotated
-
     def safety_gradient(self, meta_batch: Batch) -> Tensor:
         """grad_theta E_{D^0}[ratio * A_C^{V_C}] of the meta-policy on its pooled rollouts, ``[1, P]``."""
         theta1 = {k: v.detach().unsqueeze(0).requires_grad_(True) for k, v in self.ctx.meta.theta.items()}
@@ -115,7 +107,7 @@ class FOMAMLSafe(FOMAML):
 
     def update(self, result: AdaptationResult, tasks: list[Task]) -> dict[str, float]:
         cfg, meta = self.cfg, self.ctx.meta
-        meta_batch = self.fit_global_cost_critic(result.batches[0].pooled())
+        meta_batch = result.meta_batch  # pooled batch 0, annotated by the fitted V_C (eq. 12)
         grad = self.meta_gradient(result, meta_batch)
         theta1 = {k: v.detach().unsqueeze(0) for k, v in meta.theta.items()}
         if cfg.step == "trust_region":

@@ -22,7 +22,8 @@ between data points times ``rff_bandwidth``; E_{a' ~ pi_hat} phi(s', a') from ``
 actions); the distance term and the distillation then weight the data states by max(w, 0).
 ``on_policy`` instead uses the post-adaptation rollout of pi_hat_t (on-policy data, each sample weighted by
 gamma^(its step in the episode): an unbiased estimate of d^{pi_hat_t} that needs no ratio estimator, at
-the cost of that extra rollout). The tasks' critics are warm-started from the previous task's.
+the cost of that extra rollout). The tasks' critics start from the critics' initialization that the
+trainer carries across iterations for every method (`safemeta.model.fit_meta_critics`).
 """
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ from safemeta.algorithms.meta_srl.online_dualdice import StepSizeLearning, next_
 from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
 from safemeta.batch import Batch
 from safemeta.config.schema import spec
-from safemeta.critics import CriticParams
 from safemeta.dualdice import RandomFourierFeatures, feature_dualdice
 from safemeta.params import detach, stack
 from safemeta.policy import gaussian_kl
@@ -104,16 +104,9 @@ class NeuralOnlineDualDICE(OuterUpdater):
         self.opt = torch.optim.Adam(list(ctx.meta.theta.values()), lr=cfg.lr_phi)
         self.history: dict[str, list[float]] = {"D": [], "g2": [], "eps": []}
         self.t = 0
-        self.critics: CriticParams | None = None
 
     def inner_overrides(self, tasks: list[Task]) -> dict[str, Tensor]:
         return {"step_size": torch.full((len(tasks),), self.alpha)}
-
-    def initial_critics(self, n_tasks: int) -> CriticParams:
-        if self.critics is None:
-            return self.ctx.meta.critics_for(n_tasks)
-        return CriticParams(stack({k: v[0] for k, v in self.critics.reward.items()}, n_tasks),
-                            stack({k: v[0] for k, v in self.critics.cost.items()}, n_tasks))
 
     def weighted_kl(self, target: dict, params: dict, batch: Batch, weights: Tensor) -> Tensor:
         """sum over samples of w * KL(pi_target(.|s) || pi_params(.|s)), per task ``[N]``."""
@@ -184,7 +177,6 @@ class NeuralOnlineDualDICE(OuterUpdater):
         self.history["eps"].append(cfg.eps)
         h = self.history
         self.alpha = float(np.clip(next_step_size(cfg, alpha, h["D"], h["eps"], h["g2"]), cfg.alpha_min, cfg.alpha_max))
-        self.critics = CriticParams(detach(result.critics.reward), detach(result.critics.cost))
         after = float(self.weighted_kl(pi_hat, stack({k: v.detach() for k, v in meta.theta.items()}, len(tasks)),
                                        final, weights).mean())
         return {"meta_srl/mean_weight": mean_w, "meta_srl/distance": distance, "meta_srl/distance_after": after, "meta_srl/G": math.sqrt(g2),
@@ -192,9 +184,8 @@ class NeuralOnlineDualDICE(OuterUpdater):
                 "meta_srl/alpha": alpha, "meta_srl/alpha_next": self.alpha}
 
     def state_dict(self) -> dict:
-        return {"alpha": self.alpha, "opt": self.opt.state_dict(), "history": self.history, "t": self.t,
-                "critics": self.critics}
+        return {"alpha": self.alpha, "opt": self.opt.state_dict(), "history": self.history, "t": self.t}
 
     def load_state_dict(self, state: dict) -> None:
-        self.alpha, self.history, self.t, self.critics = state["alpha"], state["history"], state["t"], state["critics"]
+        self.alpha, self.history, self.t = state["alpha"], state["history"], state["t"]
         self.opt.load_state_dict(state["opt"])

@@ -1,7 +1,8 @@
 """``pooled``: no meta-learning; one policy trained by the inner solver on the pooled training tasks.
 
 Each iteration the meta-policy's rollouts on the M sampled tasks are merged into one task's batch
-(``Batch.pooled``), a single persistent critic pair is fitted on it, and one inner step updates theta.
+(``Batch.pooled``), annotated by the critics' initialization that the trainer fits on it for every method
+(``result.meta_batch``, `safemeta.model.fit_meta_critics`), and one inner step updates theta.
 This is the ``pretrained`` baseline: a good average policy, adapted at meta-test like the others.
 """
 from __future__ import annotations
@@ -30,12 +31,10 @@ class Pooled(OuterUpdater):
 
     def __init__(self, cfg: PooledConfig, ctx: OuterContext):
         super().__init__(cfg, ctx)
-        self.critics = ctx.meta.critics_for(1)
         self.state = ctx.inner.init_state(1, ctx.family.cost_limit_for("train"))
 
     def update(self, result: AdaptationResult, tasks: list[Task]) -> dict[str, float]:
-        batch = result.batches[0].pooled()
-        batch, self.critics = self.ctx.critics.fit_and_annotate(batch, self.critics)
+        batch = result.meta_batch
         theta = self.ctx.meta.theta
         new, self.state, info = self.ctx.inner.step(stack({k: v.detach() for k, v in theta.items()}, 1), batch,
                                                     self.state)
@@ -45,7 +44,7 @@ class Pooled(OuterUpdater):
         return {f"pooled_{k}": float(v.mean()) for k, v in info.items()}
 
     def state_dict(self) -> dict:
-        return {"critics": self.critics, "state": self.state}
+        return {"state": self.state}
 
     def load_state_dict(self, state: dict) -> None:
-        self.critics, self.state = state["critics"], state["state"]
+        self.state = state["state"]  # a checkpoint from before the critics moved to MetaParams also has "critics"

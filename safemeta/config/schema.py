@@ -37,8 +37,11 @@ class CriticConfig:
 
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: Literal["tanh", "relu", "elu"] = "tanh"
-    lr: float = spec(3e-3, gt=0)
-    iters: int = spec(20, ge=0, doc="full-batch Adam steps per fit")
+    lr: float = spec(3e-3, gt=0, doc="Adam learning rate of the critic fits")
+    epochs: int = spec(10, ge=0, doc="passes over the batch's shuffled samples per fit (0: no fitting)")
+    minibatch_size: int = spec(256, ge=0, doc="samples per task in one Adam step (0: the whole batch)")
+    max_minibatches: int = spec(80, ge=0, doc="at most this many Adam steps per fit, so a large batch is "
+                                "fitted on a subsample at a bounded cost (0: no cap)")
     gamma: float = spec(0.99, ge=0, le=1, doc="reward discount")
     lam: float = spec(0.95, ge=0, le=1, doc="GAE lambda for reward")
     cost_gamma: float = spec(0.99, ge=0, le=1)

@@ -1,0 +1,116 @@
+"""Critic fitting: minibatch epochs, explained variance against Monte-Carlo returns, the critics'
+initialization carried across meta-iterations by every method, and the logged diagnostics."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from safemeta.critics import CriticParams, explained_variance
+from safemeta.model import stacked_theta
+from safemeta.params import stack
+from safemeta.trainer import MetaTrainer
+
+
+def goal_seeking(t: MetaTrainer, n: int) -> dict:
+    """A fixed policy for tiny-nav: mean action ~ 2 tanh(tanh(g - x)) (straight at the goal, through the
+    hazard disk half-way), std exp(-0.5): the values of its states vary with position, so a critic has
+    something to explain."""
+    p = {k: torch.zeros_like(v) for k, v in t.meta.theta.items()}
+    p["mean.0.weight"][0, 2] = p["mean.0.weight"][1, 3] = 1.0  # obs = (x, g - x, h - x)
+    p["mean.2.weight"][0, 0] = p["mean.2.weight"][1, 1] = 1.0
+    p["mean.4.weight"][0, 0] = p["mean.4.weight"][1, 1] = 2.0
+    p["log_std"] = torch.full_like(p["log_std"], -0.5)
+    return stack(p, n)
+
+
+def discounted_to_go(x: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Monte-Carlo return-to-go over dim 1 of ``[N, T, E]`` (one whole episode per env)."""
+    out, running = torch.zeros_like(x), torch.zeros_like(x[:, 0])
+    for step in range(x.shape[1] - 1, -1, -1):
+        running = x[:, step] + gamma * running
+        out[:, step] = running
+    return out
+
+
+def test_fitted_critics_explain_monte_carlo_returns_on_fresh_episodes(make_config):
+    """Fit on one batch of a fixed policy, score on another against Monte-Carlo returns: with the default
+    fitting (10 epochs of 256-sample minibatches, at most 80 steps) EV >= 0.8 for V_R and >= 0.6 for V_C
+    (measured per task: 0.85-0.90 and 0.64-0.71; V_C's targets are binary hazard hits, noisier), where the
+    unfitted critics explain little (EV < 0.3; measured -0.42 to 0.17)."""
+    t = MetaTrainer(make_config(trainer={"envs_per_task": 32},
+                                critic={"epochs": 10, "minibatch_size": 256, "max_minibatches": 80, "lr": 3e-3,
+                                        "gamma": 0.9, "cost_gamma": 0.9}))
+    n = 4
+    theta = goal_seeking(t, n)
+    venv = t.family.make(t.family.sample(n, "train", np.random.default_rng(0)), 64, "cpu", 0)
+    gen = torch.Generator().manual_seed(0)
+    fit_on = t.adapter.collector.collect(theta, venv, 1, gen)
+    fresh = t.adapter.collector.collect(theta, venv, 1, gen)
+    assert float(fresh.cost.sum()) > 0  # the policy crosses the hazard
+    start = t.meta.critics_for(n)
+    _, fitted = t.critics.fit_and_annotate(fit_on, start)
+    flat = lambda x: x.reshape(n, -1)  # noqa: E731
+    for critic, label in ((fitted, "fitted"), (start, "initial")):
+        with torch.no_grad():
+            ev_r = explained_variance(flat(t.critics.values(critic.reward, fresh.obs)),
+                                      flat(discounted_to_go(fresh.rew, 0.9)))
+            ev_c = explained_variance(flat(t.critics.values(critic.cost, fresh.obs)),
+                                      flat(discounted_to_go(fresh.cost, 0.9)))
+        if label == "fitted":
+            assert float(ev_r.min()) >= 0.8 and float(ev_c.min()) >= 0.6, (ev_r, ev_c)
+        else:
+            assert float(ev_r.max()) < 0.3 and float(ev_c.max()) < 0.3, (ev_r, ev_c)
+
+
+def test_minibatches_cover_every_sample_once_per_epoch_and_respect_the_cap(make_config):
+    t = MetaTrainer(make_config(critic={"epochs": 3, "minibatch_size": 30, "max_minibatches": 0}))
+    steps = t.critics.minibatches(100)
+    assert len(steps) == 3 * 4
+    for epoch in range(3):
+        seen = torch.cat(steps[4 * epoch:4 * epoch + 4])
+        assert sorted(seen.tolist()) == list(range(100))
+    assert steps[0].tolist() != list(range(30))  # shuffled
+    t.critics.cfg.max_minibatches = 5
+    assert len(t.critics.minibatches(100)) == 5
+    t.critics.cfg.minibatch_size = 0
+    assert [len(i) for i in t.critics.minibatches(100)] == [100, 100, 100]
+
+
+def test_fused_fit_equals_separate_reward_and_cost_fits(make_config, rollout):
+    """V_R and V_C are fitted as one [2N] stack; Adam is elementwise, so each half equals a fit of that
+    critic alone (the same fit with the other critic's targets zeroed changes only that other half)."""
+    t, batch = rollout(16)
+    start = t.meta.critics_for(3)
+    fitted = t.critics.fit(batch, start)
+    zero_cost = t.critics.fit(batch.with_advantages(batch.adv_r, batch.adv_c, batch.ret_r, torch.zeros_like(batch.ret_c)),
+                              start)
+    for k in fitted.reward:
+        torch.testing.assert_close(fitted.reward[k], zero_cost.reward[k])
+    assert any(not torch.equal(fitted.cost[k], zero_cost.cost[k]) for k in fitted.cost)
+
+
+@pytest.mark.parametrize("algo", ["fomaml_trpo", "pretrained", "c_maml", "meta_cpo", "meta_srl"])
+def test_every_method_carries_the_critics_initialization_into_the_next_iteration_and_meta_test(make_config, algo):
+    t = MetaTrainer(make_config(algo=algo))
+    init = {k: v.clone() for k, v in t.meta.critic_reward.items()}
+    init_c = {k: v.clone() for k, v in t.meta.critic_cost.items()}
+    metrics = t.train_iteration()
+    assert any(not torch.equal(init[k], t.meta.critic_reward[k]) for k in init)
+    assert any(not torch.equal(init_c[k], t.meta.critic_cost[k]) for k in init_c)
+    handed: CriticParams = t.outer.initial_critics(2)
+    for k, v in t.meta.critic_reward.items():
+        torch.testing.assert_close(handed.reward[k], v.expand(2, *v.shape))
+    for key in ("critic/ev_reward", "critic/ev_cost", "critic/meta_ev_reward", "critic/meta_ev_cost"):
+        assert np.isfinite(metrics[key]) and metrics[key] <= 1.0
+
+
+def test_explained_variance_is_logged_to_metrics_csv(make_config):
+    import safemeta
+
+    run = safemeta.train(make_config())
+    rows = list(csv.DictReader((run.path / "metrics.csv").open()))
+    assert all(np.isfinite(float(r["critic/ev_reward"])) and np.isfinite(float(r["critic/ev_cost"])) for r in rows)
+    assert float(rows[-1]["critic/ev_reward"]) > 0.0
