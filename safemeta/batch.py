@@ -55,6 +55,14 @@ class Batch:
     def env_steps(self) -> int:
         return int(self.rew.numel())
 
+    def every(self, k: int) -> "Batch":
+        """Every k-th time step of the per-step fields (views; the per-episode statistics are kept)."""
+        if k == 1:
+            return self
+        per_step = {f.name: getattr(self, f.name)[:, ::k] for f in fields(self)
+                    if not f.name.startswith("ep_") and getattr(self, f.name) is not None}
+        return replace(self, **per_step)
+
     def with_advantages(self, adv_r: Tensor, adv_c: Tensor, ret_r: Tensor, ret_c: Tensor) -> "Batch":
         return replace(self, adv_r=adv_r, adv_c=adv_c, ret_r=ret_r, ret_c=ret_c)
 

@@ -82,7 +82,7 @@ def test_lagrangian_advantage_weights_cost_by_lambda():
 
 
 def _train_single_policy(inner: str, make_config, iters: int = 45):
-    cfg = make_config(inner=inner, seed=1, inner_cfg={inner: {"max_kl": 0.02}}, critic={"iters": 20})
+    cfg = make_config(inner=inner, seed=1, inner_cfg={inner: {"max_kl": 0.02}}, critic={"epochs": 20})
     t = MetaTrainer(cfg)
     tasks = t.family.sample(4, "train", np.random.default_rng(0))
     venv = t.family.make(tasks, 32, "cpu", 0)
@@ -102,3 +102,38 @@ def test_trpolag_learns_tiny_cmdp_within_cost_limit_where_trpo_does_not(make_con
     ret_u, cost_u, _, _ = _train_single_policy("trpo", make_config)
     assert cost_u > 2 * limit, "the unconstrained solver should cut through the hazard (else the task tests nothing)"
     assert ret_u > ret, "ignoring the constraint should pay off in return"
+
+
+def test_subsampled_fisher_direction_is_close_to_the_full_one_and_the_step_keeps_the_kl_bound():
+    """Fisher-vector products on every 4th time step (the default ``fvp_subsample``) of a point-circle batch
+    (3 tasks x 4 envs x 500 steps): the natural-gradient direction's cosine with the full-batch one is
+    >= 0.99 per task (measured: 0.9997-0.9999; every 16th step 0.993-0.999), and the step, line-searched on
+    the whole batch, has KL <= delta there. A stride that leaves too few samples (every 250th step: 0.69-0.93)
+    gives a visibly worse direction."""
+    from safemeta.algorithms.inner.base import normalize
+    from safemeta.algorithms.inner.natural_gradient import flat_grad
+    from safemeta.config.loader import resolve_config
+
+    t = MetaTrainer(resolve_config([("t", {"env": "point-circle", "log": {"progress": False}})]))
+    venv = t.family.make(t.family.sample(3, "train", np.random.default_rng(0)), 4, "cpu", 0)
+    batch, _ = t.adapter.rollout(stacked_theta(t.meta, 3), venv, t.meta.critics_for(3), 1,
+                                 torch.Generator().manual_seed(0))
+    params = stacked_theta(t.meta, 3)
+
+    def direction(stride: int) -> torch.Tensor:
+        solver = TRPO(TRPOConfig(fvp_subsample=stride), t.actor)
+        p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        g = flat_grad(solver.surrogate(p, batch, normalize(batch.adv_r)).sum(), p)
+        fisher = solver.fisher_batch(batch)
+        fvp = fisher_vector_product(lambda q: solver.mean_kl(params, q, fisher), params, 0.1)
+        return conjugate_gradient(fvp, g, 10)
+
+    full = direction(1)
+    cos = lambda x: torch.nn.functional.cosine_similarity(x, full, dim=-1)  # noqa: E731
+    assert float(cos(direction(4)).min()) >= 0.99
+    assert float(cos(direction(250)).min()) < float(cos(direction(4)).min())
+    solver = TRPO(TRPOConfig(fvp_subsample=4), t.actor)
+    new, _, info = solver.step(params, batch, {"cost_limit": torch.ones(3)})
+    assert float(info["kl"].max()) <= solver.cfg.max_kl
+    assert float(solver.mean_kl(params, new, batch).max()) <= solver.cfg.max_kl
+    assert float(info["accepted"].min()) == 1.0

@@ -97,6 +97,13 @@ class InnerSolver(ABC):
         """The per-task objective an outer updater differentiates after adaptation."""
         return self.surrogate(params, batch, self.advantages(batch, state).detach())
 
+    def fisher_batch(self, batch: Batch) -> Batch:
+        """The samples the Fisher-vector products average over: every ``cfg.fvp_subsample``-th time step.
+        The conjugate-gradient solve is most of a natural-gradient step's cost and F is an average over
+        states, so a subsample estimates it well (tests/test_inner_trpo.py bounds the direction's angle);
+        the KL of the resulting step is still measured and bounded on the whole batch."""
+        return batch.every(self.cfg.fvp_subsample)
+
     def mean_kl(self, old: Params, new: Params, batch: Batch, detach_old: bool = True) -> Tensor:
         """Mean over visited states of KL(pi_old(.|s) || pi_new(.|s)), per task ``[N]``.
 
@@ -109,6 +116,12 @@ class InnerSolver(ABC):
             m0, s0 = self.actor_fn(old, obs)
         m1, s1 = self.actor_fn(new, obs)
         return gaussian_kl(m0, s0, m1, s1).mean(dim=1)
+
+
+def fvp_subsample_field():
+    """The ``fvp_subsample`` config field of a natural-gradient solver (see ``InnerSolver.fisher_batch``)."""
+    return spec(4, ge=1, doc="Fisher-vector products on every k-th time step of the batch (1: all); the step's KL "
+                             "check and line search use the whole batch")
 
 
 def output_field(default: str):

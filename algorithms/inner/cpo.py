@@ -29,7 +29,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from safemeta.algorithms.inner.base import InnerSolver, State, episode_cost_advantages, normalize, output_field
+from safemeta.algorithms.inner.base import (InnerSolver, State, episode_cost_advantages, fvp_subsample_field, normalize,
+                                           output_field)
 from safemeta.algorithms.inner.cpo_backends import solve_with_backend
 from safemeta.algorithms.inner.cpo_step import solve_cpo
 from safemeta.algorithms.inner.natural_gradient import (backtracking_line_search, conjugate_gradient,
@@ -52,6 +53,7 @@ class CPOConfig:
                                                     "implicit function theorem, or backprop through the CG iterations")
     backtrack_decay: float = spec(0.8, gt=0, lt=1)
     max_backtracks: int = spec(15, ge=1)
+    fvp_subsample: int = fvp_subsample_field()
     cost_gradient: Literal["episode", "step"] = spec(
         "episode", doc="units of a: 'episode' scales the cost surrogate by env steps per episode so that a^T x is a "
         "change of J_C, in the units of b (eq. 3); 'step' leaves it per step, as OmniSafe's CPO does "
@@ -90,8 +92,10 @@ class CPO(InnerSolver):
         b = (batch.ep_constraint_cost - state["cost_limit"]).to(g.dtype) + \
             (surr_c if differentiable else surr_c.detach())
         if cfg.metric == "fisher":
+            fisher = self.fisher_batch(batch)
+
             def make_fvp(q: Params, create_graph: bool):
-                return fisher_vector_product(lambda r: self.mean_kl(q, r, batch, detach_old=not create_graph), q,
+                return fisher_vector_product(lambda r: self.mean_kl(q, r, fisher, detach_old=not create_graph), q,
                                              cfg.cg_damping, create_graph=create_graph)
 
             if differentiable and cfg.cg_grad == "implicit":

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from safemeta.algorithms.inner.base import InnerSolver, State, normalize, output_field
+from safemeta.algorithms.inner.base import InnerSolver, State, fvp_subsample_field, normalize, output_field
 from safemeta.algorithms.inner.natural_gradient import conjugate_gradient, fisher_vector_product, flat_grad
 from safemeta.batch import Batch
 from safemeta.config.schema import spec
@@ -42,6 +42,7 @@ class CRPOConfig:
     max_kl: float = spec(0.01, gt=0, doc="cap on the step's quadratic KL estimate")
     cg_iters: int = spec(10, ge=1)
     cg_damping: float = spec(0.1, ge=0)
+    fvp_subsample: int = fvp_subsample_field()
     output: Literal["feasible", "last"] = output_field("feasible")  # 'feasible': Algorithm 1's N_0
 
 
@@ -74,7 +75,8 @@ class CRPO(InnerSolver):
         old = detach(params)
         p = {k: v.requires_grad_(True) for k, v in detach(params).items()}
         direction_grad = flat_grad(self.surrogate(p, batch, adv).sum(), p)
-        fvp = fisher_vector_product(lambda q: self.mean_kl(old, q, batch), old, cfg.cg_damping)
+        fisher = self.fisher_batch(batch)
+        fvp = fisher_vector_product(lambda q: self.mean_kl(old, q, fisher), old, cfg.cg_damping)
         nat = conjugate_gradient(fvp, direction_grad, cfg.cg_iters)
         x = state["step_size"].unsqueeze(-1) * nat
         quad_kl = 0.5 * (x * fvp(x)).sum(-1)

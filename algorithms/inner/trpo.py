@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from safemeta.algorithms.inner.base import InnerSolver, State, normalize
+from safemeta.algorithms.inner.base import InnerSolver, State, fvp_subsample_field, normalize
 from safemeta.algorithms.inner.natural_gradient import (backtracking_line_search, conjugate_gradient,
                                                 fisher_vector_product, flat_grad)
 from safemeta.batch import Batch
@@ -31,6 +31,7 @@ class TRPOConfig:
     cg_damping: float = spec(0.1, ge=0)
     backtrack_decay: float = spec(0.8, gt=0, lt=1)
     max_backtracks: int = spec(15, ge=1)
+    fvp_subsample: int = fvp_subsample_field()
 
 
 class TrustRegionSolver(InnerSolver):
@@ -47,7 +48,8 @@ class TrustRegionSolver(InnerSolver):
         surr_old = self.surrogate(p, batch, adv)
         g = flat_grad(surr_old.sum(), p)
         surr_old = surr_old.detach()
-        fvp = fisher_vector_product(lambda q: self.mean_kl(old, q, batch), old, self.cfg.cg_damping)
+        fisher = self.fisher_batch(batch)
+        fvp = fisher_vector_product(lambda q: self.mean_kl(old, q, fisher), old, self.cfg.cg_damping)
         x = conjugate_gradient(fvp, g, self.cfg.cg_iters)
         xfx = (x * fvp(x)).sum(-1).clamp(min=1e-12)
         beta = torch.sqrt(2 * self.cfg.max_kl / xfx)
