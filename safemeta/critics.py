@@ -79,7 +79,7 @@ class Critics:
             states = torch.cat([batch.obs, batch.next_obs], 1).reshape(n, 2 * t * e, d)
             v = self.fn(params.stacked(), torch.cat([states, states], 0)).reshape(2 * n, 2 * t, e)
             v, nv = v[:, :t], v[:, t:]  # V(s_t), V(s_{t+1}) of V_R's rows then V_C's
-            rows = lambda a, b: torch.tensor([a] * n + [b] * n).reshape(2 * n, 1, 1)  # noqa: E731
+            rows = lambda a, b: torch.tensor([a] * n + [b] * n, device=v.device).reshape(2 * n, 1, 1)  # noqa: E731
             adv, ret = gae(torch.cat([batch.rew, batch.constraint_cost], 0), v, nv,
                            batch.terminated.repeat(2, 1, 1), batch.truncated.repeat(2, 1, 1),
                            rows(cfg.gamma, cfg.cost_gamma), rows(cfg.lam, cfg.cost_lam))

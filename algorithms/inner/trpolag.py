@@ -25,7 +25,9 @@ from safemeta.registry import register_inner
 @dataclass
 class TRPOLagConfig(TRPOConfig):
     lagrange_init: float = spec(0.0, ge=0, doc="lambda_0")
-    lagrange_lr: float = spec(0.05, ge=0, doc="step size of the dual ascent on lambda")
+    lagrange_lr: float = spec(0.001, ge=0, doc="step size of the dual ascent on lambda (chosen by measurement on "
+                                               "point-circle, car-circle-hazard and SafetyPointGoal1-v0: "
+                                               "benchmarks/README.md 'Learning signal')")
     lagrange_max: float = spec(100.0, gt=0, doc="upper clamp of lambda")
     output: Literal["last", "feasible"] = output_field("last")
 

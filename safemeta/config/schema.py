@@ -26,8 +26,9 @@ class PolicyConfig:
 
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: Literal["tanh", "relu", "elu"] = "tanh"
-    init_log_std: float = spec(-0.5, doc="initial log standard deviation of the Gaussian")
-    obs_normalize: bool = spec(False, doc="running mean / std normalization of observations (safemeta.obs_norm)")
+    init_log_std: float = spec(0.0, doc="initial log standard deviation of the Gaussian (OmniSafe's 0; chosen by "
+                                        "measurement, benchmarks/README.md 'Learning signal')")
+    obs_normalize: bool = spec(True, doc="running mean / std normalization of observations (safemeta.obs_norm)")
     obs_clip: float = spec(5.0, gt=0, doc="clip of the normalized observations")
 
 
