@@ -26,6 +26,7 @@ from safemeta.vec_cmdp import BatchedCMDP
 
 
 class ButtonEnv(BatchedCMDP):
+    can_terminate = False  # terminated is always false
     obs_dim = PROPRIO_DIM + 3 * LIDAR_BINS
     act_dim = 2
 
@@ -44,6 +45,7 @@ class ButtonEnv(BatchedCMDP):
         self.objects = PointObjects([(self.buttons, self.button_mask, PROPRIO_DIM + LIDAR_BINS),
                                      (hazards, hazard_mask, PROPRIO_DIM + 2 * LIDAR_BINS)])
         self.button_cols = self.objects.slices[0]
+        self._lidar_zeros = torch.zeros(self.num_envs, self.obs_dim - PROPRIO_DIM, device=self.device)
 
     def _new_goal(self, mask: Tensor, avoid: Tensor | None = None) -> None:
         u = torch.rand(self.num_envs, generator=self.gen, device=self.device)
@@ -66,12 +68,10 @@ class ButtonEnv(BatchedCMDP):
     def _observe(self) -> Tensor:
         r = self.robot
         bins, value = lidar_hits(*self.objects.scan(r.pos), r.heading)
-        obs = torch.zeros(self.num_envs, self.obs_dim, device=self.device)
+        obs = r.proprio(self._lidar_zeros)
         obs.scatter_reduce_(1, bins + self.objects.column, value, reduce="amax")
         goal, buttons = self.goal.unsqueeze(1), self.button_cols
-        obs.scatter_(1, bins[:, buttons].gather(1, goal) + PROPRIO_DIM, value[:, buttons].gather(1, goal))
-        obs[:, :PROPRIO_DIM] = r.proprio()
-        return obs
+        return obs.scatter_(1, bins[:, buttons].gather(1, goal) + PROPRIO_DIM, value[:, buttons].gather(1, goal))
 
     def _goal_distance(self) -> Tensor:
         return self.objects.scan(self.robot.pos)[2][:, self.button_cols].gather(1, self.goal.unsqueeze(1)).squeeze(1)

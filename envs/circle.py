@@ -28,6 +28,8 @@ from safemeta.vec_cmdp import BatchedCMDP
 
 
 class CircleEnv(BatchedCMDP):
+    can_terminate = False  # terminated is always false
+
     def __init__(self, robot: str, r_c: Tensor, wall: Tensor, hazards: list[np.ndarray], hazard_radius: float,
                  horizon: int, envs_per_task: int, device: str, seed: int, spawn: float = 0.4):
         super().__init__(r_c.shape[0], envs_per_task, horizon, device, seed)
@@ -46,6 +48,11 @@ class CircleEnv(BatchedCMDP):
         if self.with_hazards:
             groups.append((*pad_objects(hazards, envs_per_task, self.device), PROPRIO_DIM + 2 * LIDAR_BINS))
         self.objects = PointObjects(groups)
+        zeros = lambda: torch.zeros(self.num_envs, LIDAR_BINS, device=self.device)  # noqa: E731
+        self._centre_zeros, self._hazard_zeros = zeros(), [zeros()] if self.with_hazards else []
+        c = lambda x: torch.tensor(x, dtype=torch.float32, device=self.device)  # noqa: E731
+        self._one, self._hazard_radius = c(1.0), c(hazard_radius)
+        self.r_c, self._wall_column = self.r_c.unsqueeze(1), self.wall.unsqueeze(1)  # [B, 1], as the radius
 
     def _reset_envs(self, mask: Tensor) -> None:
         u = torch.rand(self.num_envs, 3, generator=self.gen, device=self.device)
@@ -54,20 +61,19 @@ class CircleEnv(BatchedCMDP):
 
     def _observe(self) -> Tensor:
         r = self.robot
-        obs = self.objects.lidar(r.pos, r.heading, self.obs_dim)
-        obs[:, :PROPRIO_DIM] = r.proprio()
-        obs[:, self.wall_cols] = wall_lidar(r.pos, r.heading, self.wall, direction=r.direction())
-        return obs
+        walls = wall_lidar(r.pos, r.heading, self._wall_column, direction=r.direction())
+        obs = r.proprio(self._centre_zeros, walls, *self._hazard_zeros)
+        return self.objects.lidar(r.pos, r.heading, self.obs_dim, out=obs)
 
     def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         self.robot.step(act)
         pos, vel = self.robot.pos, self.robot.velocity()
-        radius = pos.norm(dim=-1).clamp(min=1e-6)
-        tangential = (-vel[:, 0] * pos[:, 1] + vel[:, 1] * pos[:, 0]) / radius
-        reward = tangential / (1 + (radius - self.r_c).abs())
+        radius = torch.linalg.vector_norm(pos, dim=-1, keepdim=True).clamp_(min=1e-6)
+        tangential = torch.diff(vel * pos.flip(1), dim=1) / radius  # v x - u y = -u y + v x
+        reward = (tangential / ((radius - self.r_c).abs_() + self._one)).view(-1)
         cost = (pos[:, 0].abs() >= self.wall).float()
-        if self.with_hazards:
-            cost = cost + (self.objects.nearest(pos, 1) < self.hazard_radius).float()  # scan shared with _observe
+        if self.with_hazards:  # scan shared with _observe
+            cost = cost.add_(self.objects.nearest(pos, 1) < self._hazard_radius)
         return reward, cost, torch.zeros_like(cost, dtype=torch.bool)
 
 

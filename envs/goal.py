@@ -46,8 +46,15 @@ class GoalEnv(BatchedCMDP):
         # observation: proprio | goal lidar | hazard lidar | pillar lidar
         self.objects = PointObjects([(self.goal.unsqueeze(1), goal_mask, PROPRIO_DIM),
                                      (*hazards, PROPRIO_DIM + LIDAR_BINS), (*pillars, PROPRIO_DIM + 2 * LIDAR_BINS)])
-        pillars = self.objects.slices[2]
-        self.pillar_x, self.pillar_y = self.objects.x[:, pillars].contiguous(), self.objects.y[:, pillars].contiguous()
+        self.hazards, self.pillars = self.objects.slices[1:]
+        self.pillar_x = self.objects.x[:, self.pillars].contiguous()
+        self.pillar_y = self.objects.y[:, self.pillars].contiguous()
+        self.push_radius = cfg.pillar_radius + cfg.robot_radius
+        c = lambda x: torch.tensor(x, dtype=torch.float32, device=self.device)  # noqa: E731
+        self._goal_radius, self._hazard_radius = c(cfg.goal_radius), c(cfg.hazard_radius)
+        self._push_f32 = float(c(self.push_radius))  # compared as the float32 distances are
+        self._pushed = False  # whether the last step pushed a robot out of a pillar
+        self._lidar_zeros = torch.zeros(self.num_envs, self.obs_dim - PROPRIO_DIM, device=self.device)
 
     def _reset_envs(self, mask: Tensor) -> None:
         u = torch.rand(self.num_envs, 3, generator=self.gen, device=self.device)
@@ -55,21 +62,33 @@ class GoalEnv(BatchedCMDP):
 
     def _observe(self) -> Tensor:
         r = self.robot
-        obs = self.objects.lidar(r.pos, r.heading, self.obs_dim)
-        obs[:, :PROPRIO_DIM] = r.proprio()
-        return obs
+        obs = r.proprio(self._lidar_zeros)
+        return self.objects.lidar(r.pos, r.heading, self.obs_dim, out=obs)
 
     def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        before = self.objects.scan(self.robot.pos)[2][:, 0]
+        before = self.objects.scan(self.robot.pos)[2][:, 0]  # the previous observation's scan
         self.robot.step(act)
-        pos = self.robot.pos
-        self.robot.pos, contact = push_out_of_disks(pos, *relative(pos, self.pillar_x, self.pillar_y),
-                                                    self.cfg.pillar_radius + self.cfg.robot_radius)
-        after = self.objects.scan(self.robot.pos)[2][:, 0]  # the scan is shared with this step's observation
-        reached = after < self.cfg.goal_radius
-        reward = before - after + reached.float() * self.cfg.goal_bonus
-        cost = contact.float() + (self.objects.nearest(self.robot.pos, 1) < self.cfg.hazard_radius).float()
+        pos, contact = self.robot.pos, None
+        if self._pushed or self._near_pillar(pos):
+            self.robot.pos, contact = push_out_of_disks(pos, *relative(pos, self.pillar_x, self.pillar_y),
+                                                        self.push_radius)
+            self._pushed = bool(contact.any())
+        dist = self.objects.scan(self.robot.pos)[2]  # shared with this step's observation
+        hazard = dist[:, self.hazards].amin(1) < self._hazard_radius
+        cost = hazard.float() if contact is None else contact.float().add_(hazard)
+        after = dist[:, 0]
+        reached = after < self._goal_radius
+        reward = (before - after).add_(reached, alpha=self.cfg.goal_bonus)  # + bonus * 1 or 0: exact
         return reward, cost, reached
+
+    def _near_pillar(self, pos: Tensor) -> bool:
+        """Whether any robot at ``pos`` is inside a pillar's push radius, from the scan the step shares.
+
+        Pushing leaves a robot that touches no pillar where it is, so the push (with its own scan of the
+        pillars) runs only on steps that need it and while the last one pushed (large batches push on
+        nearly every step). Distances are clamped at 1e-6 in the push: no contact below that radius.
+        """
+        return self.push_radius > 1e-6 and float(self.objects.scan(pos)[2][:, self.pillars].amin()) < self._push_f32
 
 
 @dataclass

@@ -23,6 +23,7 @@ from safemeta.vec_cmdp import BatchedCMDP
 
 
 class Nav2DHazardEnv(BatchedCMDP):
+    can_terminate = False  # terminated is always false
     obs_dim = 2
     act_dim = 2
 

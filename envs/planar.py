@@ -51,7 +51,10 @@ class Robot:
 
     ``pos`` and ``heading`` are replaced by every update, never written in place (assign a new tensor to
     move a robot by hand): the cached cos/sin of the heading and the families' cached object scans
-    (`PointObjects.scan`) are keyed on those tensor objects.
+    (`PointObjects.scan`) are keyed on those tensor objects. Forward speed and yaw rate are the two columns
+    of ``motion`` ``[B, 2]`` (``speed`` / ``yaw_rate`` are views of them), so both actuators update in one
+    pass; the step's constants are 0-dim tensors of the state's dtype (a Python float argument costs each
+    small op about twice its time; the numbers are the same).
     """
 
     def __init__(self, kind: str, num_envs: int, device: torch.device, spec: RobotSpec = RobotSpec()):
@@ -60,8 +63,15 @@ class Robot:
         self.kind, self.spec = kind, spec
         self.pos = torch.zeros(num_envs, 2, device=device)
         self.heading = torch.zeros(num_envs, device=device)
-        self.speed = torch.zeros(num_envs, device=device)
-        self.yaw_rate = torch.zeros(num_envs, device=device)
+        self.motion = torch.zeros(num_envs, 2, device=device)  # (forward speed v, yaw rate omega)
+        c = lambda x: torch.tensor(x, dtype=torch.float32, device=device)  # noqa: E731
+        self._dt, self._pi, self._two_pi = c(spec.dt), c(math.pi), c(2 * math.pi)
+        if kind == "point":  # v' = v + dt (k a - d v) for both columns at once
+            self._gain, self._damping = c([spec.speed_gain, spec.turn_gain]), c([spec.speed_damping, spec.turn_damping])
+        else:  # (a0 + a1, a1 - a0) * (v_max / 2, v_max) / (1, wheelbase): the targets (v*, omega*)
+            self._mix = c([[1.0, -1.0], [1.0, 1.0]])
+            self._scale, self._wheelbase = c([spec.speed_gain * 0.5, spec.speed_gain]), c([1.0, spec.wheelbase])
+            self._lag = c(spec.dt * spec.speed_damping)
 
     @property
     def heading(self) -> Tensor:
@@ -71,25 +81,37 @@ class Robot:
     def heading(self, value: Tensor) -> None:
         self._heading, self._direction = value, None
 
+    @property
+    def speed(self) -> Tensor:
+        return self.motion[:, 0]
+
+    @speed.setter
+    def speed(self, value: Tensor) -> None:
+        self.motion = torch.stack([value.expand_as(self.speed), self.yaw_rate], -1)
+
+    @property
+    def yaw_rate(self) -> Tensor:
+        return self.motion[:, 1]
+
+    @yaw_rate.setter
+    def yaw_rate(self, value: Tensor) -> None:
+        self.motion = torch.stack([self.speed, value.expand_as(self.yaw_rate)], -1)
+
     def reset(self, mask: Tensor, pos: Tensor, heading: Tensor) -> None:
         m = mask.unsqueeze(-1)
         self.pos = torch.where(m, pos, self.pos)
         self.heading = torch.where(mask, heading, self.heading)
-        self.speed = torch.where(mask, torch.zeros_like(self.speed), self.speed)
-        self.yaw_rate = torch.where(mask, torch.zeros_like(self.yaw_rate), self.yaw_rate)
+        self.motion = torch.where(m, torch.zeros_like(self.motion), self.motion)
 
     def step(self, act: Tensor) -> None:
-        s = self.spec
         if self.kind == "point":
-            self.speed = self.speed + s.dt * (s.speed_gain * act[:, 0] - s.speed_damping * self.speed)
-            self.yaw_rate = self.yaw_rate + s.dt * (s.turn_gain * act[:, 1] - s.turn_damping * self.yaw_rate)
+            self.motion = self.motion + self._dt * (act * self._gain - self._damping * self.motion)
         else:
-            v_target = s.speed_gain * 0.5 * (act[:, 0] + act[:, 1])
-            w_target = s.speed_gain * (act[:, 1] - act[:, 0]) / s.wheelbase
-            self.speed = self.speed + s.dt * s.speed_damping * (v_target - self.speed)
-            self.yaw_rate = self.yaw_rate + s.dt * s.speed_damping * (w_target - self.yaw_rate)
-        self.heading = torch.remainder(self.heading + s.dt * self.yaw_rate + math.pi, 2 * math.pi) - math.pi
-        self.pos = self.pos + s.dt * self.speed.unsqueeze(-1) * self.direction()
+            target = (act @ self._mix) * self._scale / self._wheelbase
+            self.motion = self.motion + self._lag * (target - self.motion)
+        moved = self.motion * self._dt  # (dt v, dt omega)
+        self.heading = torch.remainder(self.heading + moved[:, 1] + self._pi, self._two_pi) - self._pi
+        self.pos = self.pos + moved[:, :1] * self.direction()
 
     def direction(self) -> Tensor:
         """(cos, sin) of the heading ``[B, 2]``, computed once per heading (dynamics, velocity, observation
@@ -100,10 +122,12 @@ class Robot:
 
     def velocity(self) -> Tensor:
         """World-frame velocity [B, 2]."""
-        return self.speed.unsqueeze(-1) * self.direction()
+        return self.motion[:, :1] * self.direction()
 
-    def proprio(self) -> Tensor:
-        return torch.cat([self.speed.unsqueeze(-1), self.yaw_rate.unsqueeze(-1), self.direction()], dim=-1)
+    def proprio(self, *more: Tensor) -> Tensor:
+        """``[B, 4]`` (v, omega, cos, sin), followed by the columns of ``more`` if given (one cat for a whole
+        observation)."""
+        return torch.cat([self.motion, self.direction(), *more], dim=-1)
 
 
 FAR = 1e6  # where padding objects sit: exp(-gain * distance) is exactly 0 there and no radius test reaches them
@@ -116,7 +140,8 @@ class PointObjects:
     are concatenated along M, so one `scan` gives the offsets and distances to every object (shared by the
     lidar and the cost tests) and one `lidar` call bins every group with one atan2 and one scatter_reduce.
     Coordinates are kept as separate contiguous ``x``, ``y`` tensors ``[B, M]``: atan2, sqrt and friends on
-    the strided views of an interleaved ``[B, M, 2]`` tensor run about 10x slower on CPU (measured).
+    strided views (of an interleaved ``[B, M, 2]`` tensor, or of the rows of a ``[B, 2, M]`` one) run up to
+    10x slower on CPU (measured).
     Padding objects are moved to FAR instead of being masked. Objects are static for the env's lifetime.
     """
 
@@ -146,12 +171,13 @@ class PointObjects:
             self._scanned = (pos, *relative(pos, self.x, self.y))
         return self._scanned[1:]
 
-    def lidar(self, pos: Tensor, heading: Tensor, width: int, gain: float = 1.0) -> Tensor:
-        """Every group's 16-bin lidar in a ``[B, width]`` tensor (zeros outside the groups' columns)."""
-        dx, dy, dist = self.scan(pos)
-        bins, value = lidar_hits(dx, dy, dist, heading, gain)
-        out = torch.zeros(pos.shape[0], width, device=pos.device)
-        return out.scatter_reduce_(1, bins + self.column, value, reduce="amax")
+    def lidar(self, pos: Tensor, heading: Tensor, width: int, gain: float = 1.0, out: Tensor | None = None) -> Tensor:
+        """Every group's 16-bin lidar in a ``[B, width]`` tensor (zeros outside the groups' columns); written
+        into ``out`` instead when given (its lidar columns must hold zeros: e.g. proprioception, then zeros)."""
+        bins, value = lidar_hits(*self.scan(pos), heading, gain)
+        if out is None:
+            out = torch.zeros(pos.shape[0], width, device=pos.device)
+        return out.scatter_reduce_(1, bins.add_(self.column), value, reduce="amax")
 
 
 def relative(pos: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -160,11 +186,14 @@ def relative(pos: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]
     return dx, dy, torch.sqrt(dx * dx + dy * dy)
 
 
+_TWO_PI, _BIN = torch.tensor(2 * math.pi), torch.tensor(2 * math.pi / LIDAR_BINS)  # float32, as a Python float acts
+
+
 def lidar_hits(dx: Tensor, dy: Tensor, dist: Tensor, heading: Tensor, gain: float = 1.0) -> tuple[Tensor, Tensor]:
     """The lidar bin (0..15, counter-clockwise from the heading) and reading exp(-gain * dist) of each object."""
-    angle = torch.remainder(torch.atan2(dy, dx) - heading.unsqueeze(1), 2 * math.pi)
-    bins = (angle / (2 * math.pi / LIDAR_BINS)).long().clamp_(max=LIDAR_BINS - 1)
-    return bins, torch.exp(-gain * dist)
+    angle = torch.remainder(torch.atan2(dy, dx).sub_(heading.unsqueeze(1)), _TWO_PI)
+    bins = angle.div_(_BIN).long().clamp_(max=LIDAR_BINS - 1)
+    return bins, (dist.neg() if gain == 1.0 else -gain * dist).exp_()  # -1 * d is exactly -d
 
 
 def point_lidar(pos: Tensor, heading: Tensor, objects: Tensor, mask: Tensor, gain: float = 1.0) -> Tensor:
@@ -182,21 +211,23 @@ _RAY_ROTATION = torch.stack([_RAY.cos(), -_RAY.sin()]).float()  # [2, 16]: (cos 
 
 def wall_lidar(pos: Tensor, heading: Tensor, half_width: Tensor, gain: float = 1.0,
                direction: Tensor | None = None) -> Tensor:
-    """Ray lidar of the two vertical walls x = +-half_width[B] -> ``[B, 16]``.
+    """Ray lidar of the two vertical walls x = +-half_width (``[B]`` or ``[B, 1]``) -> ``[B, 16]``.
 
     Ray b points at heading + (b + 1/2) 2 pi / 16; with c its x-direction cosine it hits the wall on its
     side at distance (w - sign(c) x) / |c| (0 inside the wall's cost region), and reads 0 when |c| <= 1e-6.
     c comes from the heading's (cos, sin) (``direction``, `Robot.direction`) by the angle-addition formula
-    as one small matmul, and the masks are arithmetic (sign, clamp) rather than boolean + where: no
-    trigonometry per ray and few passes over ``[B, 16]``.
+    as one small matmul, and the masks are arithmetic (sign, clamp) rather than where: no trigonometry per
+    ray and few passes over ``[B, 16]``.
     """
     if direction is None:
         direction = torch.stack([torch.cos(heading), torch.sin(heading)], dim=-1)
     c = direction @ _RAY_ROTATION.to(pos.device)
     along = c.abs()
-    hit = (along - 1e-6).sign_().clamp_(min=0.0)  # 1.0 where |c| > 1e-6, else 0.0
-    dist = (half_width.unsqueeze(1) - pos[:, :1] * c.sign()) / along.clamp_(min=1e-6)
-    return torch.exp(dist.clamp_(min=0.0).mul_(-gain)).mul_(hit)
+    hit = along > 1e-6
+    half_width = half_width if half_width.dim() == 2 else half_width.unsqueeze(1)
+    dist = (half_width - pos[:, :1] * c.sign_()).div_(along.clamp_(min=1e-6))
+    reading = dist.clamp_(min=0.0).neg_() if gain == 1.0 else dist.clamp_(min=0.0).mul_(-gain)  # -1 * d is -d
+    return reading.exp_().mul_(hit)
 
 
 def push_out_of_disks(pos: Tensor, dx: Tensor, dy: Tensor, dist: Tensor, radius: float) -> tuple[Tensor, Tensor]:

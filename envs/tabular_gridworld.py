@@ -131,6 +131,7 @@ def gridworld_tables(size: int, slip: float, goal: int, costly: list[int]) -> tu
 class TabularGridworldEnv(BatchedCMDP):
     """All envs of all tasks as one tensor program over stacked tables (see the module docstring)."""
 
+    can_terminate = False  # terminated is always false
     n_actions = 4
     act_dim = 4
 

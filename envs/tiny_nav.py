@@ -42,6 +42,7 @@ class TinyNavConfig:
 
 
 class TinyNavEnv(BatchedCMDP):
+    can_terminate = False  # terminated is always false
     obs_dim = 6
     act_dim = 2
 

@@ -4,64 +4,114 @@ Each task's actor parameters act on that task's E envs (``vmap`` over tasks). Ac
 with an explicit ``torch.Generator`` so runs are reproducible and resumable. Every collection resets
 the envs with a fresh seed and runs whole episodes (``episodes_per_env * horizon`` steps), so the
 episode statistics count complete episodes and each inner step gets a fixed env-step budget.
+
+At the small batches of meta-RL (e.g. 5 tasks x 2 envs) a step costs the fixed overhead of each torch
+op, not arithmetic, so the loop runs as few ops per step as it can (issue 16): the actor's weights are
+bound once (`safemeta.policy.bound_actor`); the step's tensors are kept by reference and written into the
+``[N, T, E]`` buffers every ``chunk`` steps, one stack per field (`_Buffers`); log-probabilities come from
+the kept noise once per chunk; and a `BatchedCMDP`'s boundary checks (finite actions in, finite
+observations, rewards, costs out) run once per chunk on the stacked values, so a fault still raises
+`EnvFault` naming the field and the tasks of the first faulty step, at most ``chunk`` steps later (other
+VecCMDPs, e.g. MuJoCo ones, are still checked before each step). The numbers, and the random numbers
+drawn, are those of the plain per-step loop (tests/test_collection_equivalence.py).
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
+from torch import Tensor
 
 from safemeta.batch import Batch, episode_means
 from safemeta.obs_norm import RunningObsNorm
 from safemeta.params import Params
-from safemeta.policy import GaussianActor, batched
-from safemeta.vec_cmdp import VecCMDP, checked_reset, checked_step
+from safemeta.policy import GaussianActor, bound_actor
+from safemeta.vec_cmdp import BatchedCMDP, VecCMDP, check_finite, checked_reset, checked_step
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class Collector:
-    def __init__(self, actor: GaussianActor, obs_norm: RunningObsNorm | None = None):
-        self.actor_fn = batched(actor)
+    def __init__(self, actor: GaussianActor, obs_norm: RunningObsNorm | None = None, chunk: int = 64):
+        self.actor = actor
         self.obs_norm = obs_norm  # normalizes what the policy sees and the batch stores; gets the raw moments
+        self.chunk = chunk  # steps between the buffer writes / boundary checks
 
     @torch.no_grad()
     def collect(self, params: Params, venv: VecCMDP, episodes_per_env: int, gen: torch.Generator) -> Batch:
         n, e = venv.n_tasks, venv.envs_per_task
         steps = episodes_per_env * venv.horizon
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        norm = self.obs_norm if self.obs_norm is not None else (lambda o: o)
+        mean_fn, log_std = bound_actor(self.actor, {k: v.detach() for k, v in params.items()})
+        log_std = log_std.reshape(n, 1, -1).expand(n, e, -1).contiguous()
+        std = log_std.exp()
+        # a torch-only env is checked per chunk; any other (e.g. MuJoCo) before each of its steps
+        step = venv.step if isinstance(venv, BatchedCMDP) else partial(checked_step, venv)
+        norm = self.obs_norm
         raw = checked_reset(venv, seed)
-        obs = norm(raw)
-        buf: dict[str, torch.Tensor] = {}
-
-        def put(name: str, t: int, v: torch.Tensor) -> None:
-            """Write step t of a ``[N*E, ...]`` field straight into its ``[N, T, E, ...]`` buffer (allocated on
-            first use): no per-step list of tensors to stack and transpose at the end."""
-            v = v.reshape(n, e, *v.shape[1:])
-            if name not in buf:
-                buf[name] = torch.empty((n, steps, e, *v.shape[2:]), dtype=v.dtype, device=v.device)
-            buf[name][:, t] = v
-
-        params = {k: v.detach() for k, v in params.items()}
+        obs = raw if norm is None else norm(raw)
+        out = _Buffers(venv, steps, log_std, norm)
+        rows: list[tuple] = []
         for t in range(steps):
-            mean, log_std = self.actor_fn(params, obs.reshape(n, e, -1))
-            log_std = log_std.contiguous()  # typically a broadcast view: elementwise ops on it are ~10x slower
-            noise = torch.randn(mean.shape, generator=gen)
-            act = mean + log_std.exp() * noise
-            logp = (-0.5 * noise.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
-            if self.obs_norm is not None:
-                self.obs_norm.observe(raw)
-            raw, rew, cost, term, trunc, info = checked_step(venv, act.reshape(n * e, -1))
-            nxt = norm(raw)
-            for k, v in (("obs", obs), ("act", act.reshape(n * e, -1)), ("logp", logp.reshape(n * e)),
-                         ("rew", rew), ("cost", cost), ("term", term), ("trunc", trunc),
-                         ("next_obs", norm(info["final_obs"]))):
-                put(k, t, v)
-            obs = nxt
+            noise = torch.randn(std.shape, generator=gen)
+            act = torch.mul(std, noise).add_(mean_fn(obs.reshape(n, e, -1))).view(n * e, -1)
+            nxt_raw, rew, cost, term, trunc, info = step(act)
+            fin_raw = info["final_obs"]  # the same tensor as nxt_raw when no env finished an episode
+            nxt = nxt_raw if norm is None else norm(nxt_raw)
+            fin = nxt if fin_raw is nxt_raw else (fin_raw if norm is None else norm(fin_raw))
+            rows.append((obs, act, noise, rew, cost, term, trunc, fin, raw, nxt_raw, fin_raw))
+            obs, raw = nxt, nxt_raw
+            if len(rows) == self.chunk or t == steps - 1:
+                out.write(t + 1 - len(rows), rows)
+                rows = []
 
-        term, trunc = buf["term"], buf["trunc"]
-        return Batch(obs=buf["obs"], act=buf["act"], logp=buf["logp"], rew=buf["rew"], cost=buf["cost"],
-                     terminated=term, truncated=trunc, next_obs=buf["next_obs"],
-                     ep_return=episode_means(buf["rew"], term, trunc), ep_cost=episode_means(buf["cost"], term, trunc),
-                     ep_count=(term | trunc).sum(dim=(1, 2)).to(buf["rew"].dtype))
+        b = out.buf
+        term, trunc = b["term"], b["trunc"]
+        return Batch(obs=b["obs"], act=b["act"], logp=b["logp"], rew=b["rew"], cost=b["cost"],
+                     terminated=term, truncated=trunc, next_obs=b["next_obs"],
+                     ep_return=episode_means(b["rew"], term, trunc), ep_cost=episode_means(b["cost"], term, trunc),
+                     ep_count=(term | trunc).sum(dim=(1, 2)).to(b["rew"].dtype))
+
+
+class _Buffers:
+    """The ``[N, T, E, ...]`` buffers of one collection, filled a chunk of steps at a time (`write`)."""
+
+    FIELDS = ("obs", "act", "noise", "rew", "cost", "term", "trunc", "next_obs")
+
+    def __init__(self, venv: VecCMDP, steps: int, log_std: Tensor, norm: RunningObsNorm | None):
+        self.venv, self.steps, self.log_std, self.norm = venv, steps, log_std, norm
+        self.buf: dict[str, Tensor] = {}
+
+    def write(self, t0: int, rows: list[tuple]) -> None:
+        """Check, then store steps ``t0 .. t0 + len(rows) - 1``; each row is ``(obs, act, noise, rew, cost, term,
+        trunc, next_obs, raw obs, raw next obs, raw final obs)`` of one step, ``[N*E, ...]`` each but the noise
+        (``[N, E, act_dim]``)."""
+        cols = list(zip(*rows))
+        chunk = {name: torch.stack(cols[i]) for i, name in enumerate(self.FIELDS)}
+        self._check(chunk, cols)
+        if self.norm is not None:  # the raw moments of what the policy saw, step by step as before
+            for raw in cols[8]:
+                self.norm.observe(raw)
+        n, e = self.venv.n_tasks, self.venv.envs_per_task
+        noise = chunk.pop("noise")  # [k, N, E, act_dim]: logp as the per-step loop computed it, for k steps at once
+        chunk = {name: v.view(len(rows), n, e, *v.shape[2:]) for name, v in chunk.items()}
+        chunk["logp"] = (-0.5 * noise.pow(2) - self.log_std - _HALF_LOG_2PI).sum(-1)
+        for name, v in chunk.items():
+            if name not in self.buf:
+                self.buf[name] = torch.empty((n, self.steps, e, *v.shape[3:]), dtype=v.dtype, device=v.device)
+            self.buf[name][:, t0:t0 + len(rows)] = v.transpose(0, 1)
+
+    def _check(self, chunk: dict[str, Tensor], cols: list[tuple]) -> None:
+        """Raise `EnvFault` as the per-step checks would (`checked_step`): at the first step with a non-finite
+        action, observation, reward, cost or final observation, naming that field and its tasks."""
+        if self.norm is None:  # the observation after step t is the policy's input at t + 1
+            seen = [chunk["obs"][1:], cols[9][-1], chunk["next_obs"]]
+        else:  # normalized values are clipped: check the raw ones
+            seen = [torch.stack(cols[9]), torch.stack(cols[10])]
+        values = [chunk["act"], chunk["rew"], chunk["cost"], *seen]
+        if bool(torch.stack([torch.isfinite(v).all() for v in values]).all()):
+            return
+        for _, act, _, rew, cost, _, _, _, _, nxt_raw, fin_raw in zip(*cols):
+            check_finite(self.venv, action=act)
+            check_finite(self.venv, observation=nxt_raw, reward=rew, cost=cost, **{"final observation": fin_raw})

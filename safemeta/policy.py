@@ -78,6 +78,31 @@ def batched(module: nn.Module):
     return vmapped(module)
 
 
+def bound_actor(actor: GaussianActor, params: Params):
+    """``(mean_fn, log_std)``: `batched` for a `GaussianActor` with stacked ``params`` bound once, for a loop
+    that calls it at every env step (the collector).
+
+    ``mean_fn(x[N, M, obs_dim]) -> [N, M, act_dim]`` runs the same ops in the same order as `_stacked_mlp` (same
+    numbers); the per-layer lookups, bias / weight views and the activation module's call are done here once
+    instead of per call. ``log_std`` is ``[N, act_dim]`` (state-independent, as `GaussianActor`'s).
+    """
+    layers = [(params[f"{name}.bias"].unsqueeze(1), params[f"{name}.weight"].transpose(1, 2))
+              for name in _linear_names(actor.mean, "mean.")]
+    module = _activation_fn(actor.mean)
+    act = _ACTIVATION_OPS.get(type(module), module)
+    *hidden, (last_b, last_w) = layers
+
+    def mean_fn(h: Tensor) -> Tensor:
+        for b, w in hidden:
+            h = act(torch.baddbmm(b, h, w))
+        return torch.baddbmm(last_b, h, last_w)
+
+    return mean_fn, params["log_std"]
+
+
+_ACTIVATION_OPS = {nn.Tanh: torch.tanh, nn.ReLU: torch.relu, nn.ELU: nn.functional.elu}  # what their forward calls
+
+
 def vmapped(module: nn.Module):
     """The generic per-task evaluation: ``vmap`` of ``functional_call`` over the task dimension."""
 

@@ -108,8 +108,17 @@ class BatchedCMDP(VecCMDP):
     - ``_reset_envs(mask)``: draw new initial states for envs where ``mask`` is true (use ``self.gen``);
     - ``_observe() -> obs[B, obs_dim]``;
     - ``_transition(act) -> reward[B], cost[B], terminated[B]`` advancing every env one step.
-    Actions are clipped to [-1, 1] here (the policy's Gaussian samples are unbounded).
+    Actions are clipped to [-1, 1] here (the policy's Gaussian samples are unbounded). The tensors a step
+    returns are new ones (never views of state the env later updates in place): the collector keeps them.
+    A family whose ``terminated`` is always false says so with ``can_terminate = False``.
+
+    The per-env step counts ``t`` are advanced lazily: ``self._t + self._lag`` with ``_lag`` a Python int,
+    and ``_t_bound`` an upper bound of ``max(self._t)`` (None: unknown), so a step that no env's time limit
+    can end costs no tensor ops for the bookkeeping (issue 16: at small batches a step costs its op count).
+    Reading ``t`` brings the tensor up to date and forgets the bound (the caller may write into it).
     """
+
+    can_terminate = True
 
     def __init__(self, n_tasks: int, envs_per_task: int, horizon: int, device: str = "cpu", seed: int = 0):
         self.n_tasks, self.envs_per_task, self.horizon = n_tasks, envs_per_task, horizon
@@ -119,6 +128,22 @@ class BatchedCMDP(VecCMDP):
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
         self.t = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+
+    @property
+    def t(self) -> Tensor:
+        """``[B]`` steps since each env's episode began."""
+        self._catch_up()
+        self._t_bound = None
+        return self._t
+
+    @t.setter
+    def t(self, value: Tensor) -> None:
+        self._t, self._lag, self._t_bound = value, 0, None
+
+    def _catch_up(self) -> None:
+        if self._lag:
+            self._t += self._lag
+            self._lag = 0
 
     @abstractmethod
     def _reset_envs(self, mask: Tensor) -> None: ...
@@ -132,20 +157,31 @@ class BatchedCMDP(VecCMDP):
     def reset(self, seed: int | None = None) -> Tensor:
         if seed is not None:
             self.gen.manual_seed(int(seed))
-        self.t.zero_()
+        self._t.zero_()
+        self._lag, self._t_bound = 0, 0
         self._reset_envs(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
         return self._observe()
 
     def step(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict]:
         act = act.clamp(-1.0, 1.0)
         reward, cost, terminated = self._transition(act)
-        self.t += 1
-        truncated = (self.t >= self.horizon) & ~terminated
-        done = terminated | truncated
+        self._lag += 1
+        if self._t_bound is None:
+            self._t_bound = int(self._t.max())
+        if self._t_bound + self._lag >= self.horizon:  # some env may reach its time limit
+            self._catch_up()
+            at_limit = self._t >= self.horizon
+            truncated = torch.gt(at_limit, terminated)  # at the limit and not terminated
+            done = terminated | at_limit
+        else:
+            truncated = torch.zeros_like(terminated)
+            done = terminated if self.can_terminate else None
         obs = self._observe()
         info = {"final_obs": obs}
-        if bool(done.any()):
-            self.t[done] = 0
+        if done is not None and bool(done.any()):
+            self._catch_up()
+            self._t[done] = 0
+            self._t_bound = int(self._t.max())
             self._reset_envs(done)
             obs = torch.where(done.unsqueeze(-1), self._observe(), obs)
         return obs, reward, cost, terminated, truncated, info
