@@ -20,8 +20,10 @@ from safemeta.trainer import MetaTrainer
 SETTINGS = {
     "old (10 full-batch steps)": {"epochs": 10, "minibatch_size": 0, "max_minibatches": 0},
     "default (10 epochs x 256, <= 80 steps)": {},
-    "<= 40 steps": {"max_minibatches": 40},
-    "<= 20 steps": {"max_minibatches": 20},
+    "<= 40 steps": {"max_minibatches": 40, "meta_max_minibatches": 40},
+    "<= 20 steps": {"max_minibatches": 20, "meta_max_minibatches": 20},
+    "<= 24 steps per task, <= 200 for the initialization": {"max_minibatches": 24, "meta_max_minibatches": 200},
+    "<= 40 steps per task, <= 200 for the initialization": {"max_minibatches": 40, "meta_max_minibatches": 200},
 }
 
 

@@ -85,15 +85,16 @@ class Critics:
                            rows(cfg.gamma, cfg.cost_gamma), rows(cfg.lam, cfg.cost_lam))
         return batch.with_advantages(adv[:n], adv[n:], ret[:n], ret[n:])
 
-    def minibatches(self, samples: int) -> list[Tensor]:
+    def minibatches(self, samples: int, cap: int | None = None) -> list[Tensor]:
         """Index sets of the fit's Adam steps: ``epochs`` shuffled passes over ``samples`` in minibatches of
-        ``minibatch_size`` (0: the whole batch), the first ``max_minibatches`` of them (0: all)."""
+        ``minibatch_size`` (0: the whole batch), the first ``cap`` of them (default ``max_minibatches``; 0: all)."""
         cfg = self.cfg
+        cap = cfg.max_minibatches if cap is None else cap
         size = cfg.minibatch_size if 0 < cfg.minibatch_size < samples else samples
         per_epoch = -(-samples // size)
         total = cfg.epochs * per_epoch
-        if cfg.max_minibatches:
-            total = min(total, cfg.max_minibatches)
+        if cap:
+            total = min(total, cap)
         gen = torch.Generator().manual_seed(SHUFFLE_SEED)
         out: list[Tensor] = []
         while len(out) < total:
@@ -101,13 +102,14 @@ class Critics:
             out.extend(perm[i:i + size] for i in range(0, samples, size))
         return out[:total]
 
-    def fit(self, batch: Batch, params: CriticParams) -> CriticParams:
-        """Regress V_R on ret_r and V_C on ret_c (batch must be annotated); sets ``last_fit``."""
+    def fit(self, batch: Batch, params: CriticParams, cap: int | None = None) -> CriticParams:
+        """Regress V_R on ret_r and V_C on ret_c (batch must be annotated) in at most ``cap`` Adam steps (default
+        ``max_minibatches``); sets ``last_fit``."""
         n, t, e, d = batch.obs.shape
         obs = batch.obs.reshape(n, t * e, d).repeat(2, 1, 1)  # [2N, S, d]: V_R's rows then V_C's
         target = torch.cat([batch.ret_r, batch.ret_c], 0).reshape(2 * n, t * e)
         both = {k: v.clone().requires_grad_(True) for k, v in detach(params.stacked()).items()}
-        steps = self.minibatches(t * e) if self.cfg.epochs else []
+        steps = self.minibatches(t * e, cap) if self.cfg.epochs else []
         if steps:
             opt = torch.optim.Adam(list(both.values()), lr=self.cfg.lr)
             for idx in steps:
@@ -120,8 +122,9 @@ class Critics:
         self.last_fit = {"ev_reward": ev[:n], "ev_cost": ev[n:]}
         return CriticParams.split(detach(both))
 
-    def fit_and_annotate(self, batch: Batch, params: CriticParams) -> tuple[Batch, CriticParams]:
-        params = self.fit(self.annotate(batch, params), params)
+    def fit_and_annotate(self, batch: Batch, params: CriticParams, cap: int | None = None
+                         ) -> tuple[Batch, CriticParams]:
+        params = self.fit(self.annotate(batch, params), params, cap)
         return self.annotate(batch, params), params
 
 

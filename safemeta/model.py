@@ -63,7 +63,8 @@ def fit_meta_critics(meta: MetaParams, critics: Critics, meta_batch: Batch) -> B
     """Fit the critics' initialization on the meta-policy's rollouts ``meta_batch`` (``[N, T, E]``, pooled into
     one task here) from its previous value, in place; returns the pooled batch annotated by the fitted pair.
     ``critics.last_fit`` then holds the fit's explained variances."""
-    annotated, fitted = critics.fit_and_annotate(meta_batch.pooled(), single(meta.critic_reward, meta.critic_cost))
+    annotated, fitted = critics.fit_and_annotate(meta_batch.pooled(), single(meta.critic_reward, meta.critic_cost),
+                                                 critics.cfg.meta_max_minibatches)
     meta.critic_reward = {k: v[0].clone() for k, v in fitted.reward.items()}
     meta.critic_cost = {k: v[0].clone() for k, v in fitted.cost.items()}
     return annotated

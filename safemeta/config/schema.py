@@ -43,6 +43,8 @@ class CriticConfig:
     minibatch_size: int = spec(256, ge=0, doc="samples per task in one Adam step (0: the whole batch)")
     max_minibatches: int = spec(80, ge=0, doc="at most this many Adam steps per fit, so a large batch is "
                                 "fitted on a subsample at a bounded cost (0: no cap)")
+    meta_max_minibatches: int = spec(80, ge=0, doc="the same cap for the fit of the critics' initialization on the "
+                                     "meta-policy's pooled rollouts (one network pair, not one per task)")
     gamma: float = spec(0.99, ge=0, le=1, doc="reward discount")
     lam: float = spec(0.95, ge=0, le=1, doc="GAE lambda for reward")
     cost_gamma: float = spec(0.99, ge=0, le=1)
