@@ -7,7 +7,8 @@ settings, the critic setting on top); reported: the explained variance 1 - Var(t
 the fitted critics on the batch they were fitted to, averaged over the last 3 iterations, for the
 adaptation's per-task fits (``critic/ev_*``) and for the carried initialization fitted on the meta-policy's
 rollouts (``critic/meta_ev_*``), and seconds per meta-iteration. Settings: ``old`` is the fitting before
-issue 16 (10 full-batch Adam steps), ``default`` the current defaults, the others vary the step cap.
+issue 16 (10 full-batch Adam steps), ``default`` the current defaults, the others vary the step caps
+(``critic.max_minibatches`` per task's fit, ``critic.meta_max_minibatches`` for the initialization's).
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from safemeta.trainer import MetaTrainer
 
 SETTINGS = {
     "old (10 full-batch steps)": {"epochs": 10, "minibatch_size": 0, "max_minibatches": 0},
-    "default (10 epochs x 256, <= 80 steps)": {},
+    "default (10 epochs x 256, <= 40 steps per task, <= 200 for the initialization)": {},
+    "<= 80 steps": {"max_minibatches": 80, "meta_max_minibatches": 80},
     "<= 40 steps": {"max_minibatches": 40, "meta_max_minibatches": 40},
     "<= 20 steps": {"max_minibatches": 20, "meta_max_minibatches": 20},
     "<= 24 steps per task, <= 200 for the initialization": {"max_minibatches": 24, "meta_max_minibatches": 200},
-    "<= 40 steps per task, <= 200 for the initialization": {"max_minibatches": 40, "meta_max_minibatches": 200},
 }
 
 

@@ -41,9 +41,9 @@ class CriticConfig:
     lr: float = spec(3e-3, gt=0, doc="Adam learning rate of the critic fits")
     epochs: int = spec(10, ge=0, doc="passes over the batch's shuffled samples per fit (0: no fitting)")
     minibatch_size: int = spec(256, ge=0, doc="samples per task in one Adam step (0: the whole batch)")
-    max_minibatches: int = spec(80, ge=0, doc="at most this many Adam steps per fit, so a large batch is "
+    max_minibatches: int = spec(40, ge=0, doc="at most this many Adam steps per fit, so a large batch is "
                                 "fitted on a subsample at a bounded cost (0: no cap)")
-    meta_max_minibatches: int = spec(80, ge=0, doc="the same cap for the fit of the critics' initialization on the "
+    meta_max_minibatches: int = spec(200, ge=0, doc="the same cap for the fit of the critics' initialization on the "
                                      "meta-policy's pooled rollouts (one network pair, not one per task)")
     gamma: float = spec(0.99, ge=0, le=1, doc="reward discount")
     lam: float = spec(0.95, ge=0, le=1, doc="GAE lambda for reward")
