@@ -17,7 +17,7 @@ Value targets are the GAE(lambda) returns of ``annotate``, which bootstrap from 
 time-limit truncation and not at a termination (``safemeta.batch.gae``), so they stay correct for
 episodes that the time limit cuts.
 
-``fit`` also reports the explained variance 1 - Var(target - V) / Var(target) of each task's fitted V_R
+``fit_and_annotate`` also reports the explained variance 1 - Var(target - V) / Var(target) of each task's fitted V_R
 and V_C on the batch they were fitted to (``critic/ev_reward``, ``critic/ev_cost`` in a run's metrics).
 """
 from __future__ import annotations
@@ -72,14 +72,33 @@ class Critics:
     def annotate(self, batch: Batch, params: CriticParams) -> Batch:
         """Advantages and lambda-returns; the cost ones of the constraint cost (shaped when
         ``cost_shaping_horizon > 0``: the bonus is added here, once per batch)."""
-        cfg = self.cfg
-        batch = shape(batch, cfg.cost_shaping_horizon, cfg.cost_shaping_coeff)
+        batch = shape(batch, self.cfg.cost_shaping_horizon, self.cfg.cost_shaping_coeff)
+        return self._gae(batch, *self.state_values(batch, params))
+
+    def state_values(self, batch: Batch, params: CriticParams) -> tuple[Tensor, Tensor]:
+        """``V(s_t), V(s_{t+1})``, ``[2N, T, E]`` each (V_R's rows then V_C's).
+
+        The true next state ``next_obs[t]`` is ``obs[t + 1]`` except where an episode ended (auto-reset) or
+        the rollout does, so the critics are evaluated on ``obs`` and only on the ``next_obs`` that differ
+        (compared, not assumed): one forward pass over the batch instead of two."""
         n, t, e, d = batch.obs.shape
+        both = params.stacked()
         with torch.no_grad():
-            states = torch.cat([batch.obs, batch.next_obs], 1).reshape(n, 2 * t * e, d)
-            v = self.fn(params.stacked(), torch.cat([states, states], 0)).reshape(2 * n, 2 * t, e)
-            v, nv = v[:, :t], v[:, t:]  # V(s_t), V(s_{t+1}) of V_R's rows then V_C's
-            rows = lambda a, b: torch.tensor([a] * n + [b] * n, device=v.device).reshape(2 * n, 1, 1)  # noqa: E731
+            v = self.fn(both, batch.obs.reshape(n, t * e, d).repeat(2, 1, 1)).reshape(2 * n, t, e)
+            nv = torch.empty_like(v)
+            nv[:, :-1] = v[:, 1:]
+            differs = torch.ones(t, e, dtype=torch.bool, device=v.device)  # [T, E]: any task's next_obs differs
+            differs[:-1] = (batch.next_obs[:, :-1] != batch.obs[:, 1:]).any(-1).any(0)
+            if bool(differs.any()):
+                where = differs.nonzero(as_tuple=True)
+                x = batch.next_obs[:, where[0], where[1]]  # [N, K, d]
+                nv[:, where[0], where[1]] = self.fn(both, x.repeat(2, 1, 1))
+        return v, nv
+
+    def _gae(self, batch: Batch, v: Tensor, nv: Tensor) -> Batch:
+        cfg, n = self.cfg, batch.n_tasks
+        rows = lambda a, b: torch.tensor([a] * n + [b] * n, device=v.device).reshape(2 * n, 1, 1)  # noqa: E731
+        with torch.no_grad():
             adv, ret = gae(torch.cat([batch.rew, batch.constraint_cost], 0), v, nv,
                            batch.terminated.repeat(2, 1, 1), batch.truncated.repeat(2, 1, 1),
                            rows(cfg.gamma, cfg.cost_gamma), rows(cfg.lam, cfg.cost_lam))
@@ -104,7 +123,7 @@ class Critics:
 
     def fit(self, batch: Batch, params: CriticParams, cap: int | None = None) -> CriticParams:
         """Regress V_R on ret_r and V_C on ret_c (batch must be annotated) in at most ``cap`` Adam steps (default
-        ``max_minibatches``); sets ``last_fit``."""
+        ``max_minibatches``)."""
         n, t, e, d = batch.obs.shape
         obs = batch.obs.reshape(n, t * e, d).repeat(2, 1, 1)  # [2N, S, d]: V_R's rows then V_C's
         target = torch.cat([batch.ret_r, batch.ret_c], 0).reshape(2 * n, t * e)
@@ -117,15 +136,21 @@ class Critics:
                 loss = (self.fn(both, obs[:, idx]) - target[:, idx]).pow(2).mean(dim=1)
                 loss.sum().backward()
                 opt.step()
-        with torch.no_grad():
-            ev = explained_variance(self.fn(both, obs), target)
-        self.last_fit = {"ev_reward": ev[:n], "ev_cost": ev[n:]}
         return CriticParams.split(detach(both))
 
     def fit_and_annotate(self, batch: Batch, params: CriticParams, cap: int | None = None
                          ) -> tuple[Batch, CriticParams]:
-        params = self.fit(self.annotate(batch, params), params, cap)
-        return self.annotate(batch, params), params
+        """Annotate with ``params`` (the fit's targets), fit, annotate with the fitted critics; ``last_fit`` gets
+        the fitted critics' explained variances of those targets."""
+        batch = shape(batch, self.cfg.cost_shaping_horizon, self.cfg.cost_shaping_coeff)
+        first = self._gae(batch, *self.state_values(batch, params))
+        params = self.fit(first, params, cap)
+        v, nv = self.state_values(batch, params)
+        n = batch.n_tasks
+        target = torch.cat([first.ret_r, first.ret_c], 0).reshape(2 * n, -1)
+        ev = explained_variance(v.reshape(2 * n, -1), target)
+        self.last_fit = {"ev_reward": ev[:n], "ev_cost": ev[n:]}
+        return self._gae(batch, v, nv), params
 
 
 def single(reward: Params, cost: Params) -> CriticParams:

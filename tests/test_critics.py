@@ -114,3 +114,25 @@ def test_explained_variance_is_logged_to_metrics_csv(make_config):
     rows = list(csv.DictReader((run.path / "metrics.csv").open()))
     assert all(np.isfinite(float(r["critic/ev_reward"])) and np.isfinite(float(r["critic/ev_cost"])) for r in rows)
     assert float(rows[-1]["critic/ev_reward"]) > 0.0
+
+
+def test_annotation_evaluates_next_states_only_where_they_differ_and_matches_a_full_evaluation(make_config):
+    """`state_values` reuses V(obs[t+1]) for V(next_obs[t]) and evaluates next_obs only at episode ends and the
+    rollout's end: the advantages and returns equal those of evaluating every next_obs (three episodes per env,
+    so truncations fall inside the rollout)."""
+    from safemeta.batch import gae
+
+    t = MetaTrainer(make_config())
+    venv = t.family.make(t.family.sample(3, "train", np.random.default_rng(2)), 4, "cpu", 2)
+    batch = t.adapter.collector.collect(stacked_theta(t.meta, 3), venv, 3, torch.Generator().manual_seed(2))
+    assert int(batch.truncated[:, :-1].sum()) > 0
+    params = t.meta.critics_for(3)
+    fast = t.critics.annotate(batch, params)
+    cfg = t.critics.cfg
+    with torch.no_grad():
+        full = {name: [t.critics.values(getattr(params, name), o) for o in (batch.obs, batch.next_obs)]
+                for name in ("reward", "cost")}
+    adv_r, ret_r = gae(batch.rew, *full["reward"], batch.terminated, batch.truncated, cfg.gamma, cfg.lam)
+    adv_c, ret_c = gae(batch.cost, *full["cost"], batch.terminated, batch.truncated, cfg.cost_gamma, cfg.cost_lam)
+    for got, want in ((fast.adv_r, adv_r), (fast.ret_r, ret_r), (fast.adv_c, adv_c), (fast.ret_c, ret_c)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
