@@ -9,9 +9,9 @@ of each task in minibatches of ``critic.minibatch_size`` samples per task, at mo
 ``critic.max_minibatches`` Adam steps per fit (so a large batch is fitted on a subsample and the fit's
 cost stays bounded). V_R and V_C of all N tasks are one ``[2N, ...]`` stack evaluated by one batched
 matmul chain; Adam is elementwise, so optimizing the stack on the sum of the per-row losses is 2N
-independent fits. The shuffle comes from a generator seeded per fit (``SHUFFLE_SEED``), not from a run's
-random streams: a fit's result depends on its batch and starting critics only, whoever computes it (a Ray
-worker or the driver) and whatever ran before.
+independent fits. The shuffle comes from a generator seeded per fit from ``SHUFFLE_SEED`` and the batch's
+rewards, not from a run's random streams: a fit's result depends on its batch and starting critics only,
+whoever computes it (a Ray worker or the driver) and whatever ran before.
 
 Value targets are the GAE(lambda) returns of ``annotate``, which bootstrap from V(final obs) at a
 time-limit truncation and not at a termination (``safemeta.batch.gae``), so they stay correct for
@@ -52,9 +52,11 @@ class CriticParams:
 
 
 def explained_variance(pred: Tensor, target: Tensor) -> Tensor:
-    """Per row of ``[R, S]``: 1 - Var(target - pred) / Var(target) (1 is a perfect fit, 0 is the mean's)."""
-    var = target.var(dim=1)
-    return 1.0 - (target - pred).var(dim=1) / var.clamp(min=1e-8)
+    """Per row of ``[R, S]``: 1 - Var(target - pred) / Var(target) (1 is a perfect fit, 0 is the mean's); 0 for a
+    row whose targets do not vary (e.g. no cost in the batch), where the ratio says nothing."""
+    var = target.var(dim=1, correction=0)
+    ev = 1.0 - (target - pred).var(dim=1, correction=0) / var.clamp(min=1e-8)
+    return torch.where(var > 1e-8, ev, torch.zeros_like(ev))
 
 
 class Critics:
@@ -97,16 +99,17 @@ class Critics:
 
     def _gae(self, batch: Batch, v: Tensor, nv: Tensor) -> Batch:
         cfg, n = self.cfg, batch.n_tasks
-        rows = lambda a, b: torch.tensor([a] * n + [b] * n, device=v.device).reshape(2 * n, 1, 1)  # noqa: E731
+        rows = lambda a, b: torch.tensor([a] * n + [b] * n, dtype=v.dtype, device=v.device).reshape(2 * n, 1, 1)  # noqa: E731
         with torch.no_grad():
             adv, ret = gae(torch.cat([batch.rew, batch.constraint_cost], 0), v, nv,
                            batch.terminated.repeat(2, 1, 1), batch.truncated.repeat(2, 1, 1),
                            rows(cfg.gamma, cfg.cost_gamma), rows(cfg.lam, cfg.cost_lam))
         return batch.with_advantages(adv[:n], adv[n:], ret[:n], ret[n:])
 
-    def minibatches(self, samples: int, cap: int | None = None) -> list[Tensor]:
+    def minibatches(self, samples: int, cap: int | None = None, seed: int = 0) -> list[Tensor]:
         """Index sets of the fit's Adam steps: ``epochs`` shuffled passes over ``samples`` in minibatches of
-        ``minibatch_size`` (0: the whole batch), the first ``cap`` of them (default ``max_minibatches``; 0: all)."""
+        ``minibatch_size`` (0: the whole batch), the first ``cap`` of them (default ``max_minibatches``; 0: all).
+        The shuffle is drawn from ``SHUFFLE_SEED + seed``."""
         cfg = self.cfg
         cap = cfg.max_minibatches if cap is None else cap
         size = cfg.minibatch_size if 0 < cfg.minibatch_size < samples else samples
@@ -114,7 +117,7 @@ class Critics:
         total = cfg.epochs * per_epoch
         if cap:
             total = min(total, cap)
-        gen = torch.Generator().manual_seed(SHUFFLE_SEED)
+        gen = torch.Generator().manual_seed(SHUFFLE_SEED + seed)
         out: list[Tensor] = []
         while len(out) < total:
             perm = torch.randperm(samples, generator=gen) if size < samples else torch.arange(samples)
@@ -128,7 +131,10 @@ class Critics:
         obs = batch.obs.reshape(n, t * e, d).repeat(2, 1, 1)  # [2N, S, d]: V_R's rows then V_C's
         target = torch.cat([batch.ret_r, batch.ret_c], 0).reshape(2 * n, t * e)
         both = {k: v.clone().requires_grad_(True) for k, v in detach(params.stacked()).items()}
-        steps = self.minibatches(t * e, cap) if self.cfg.epochs else []
+        # seeded by the batch's data (not a run's random stream): a capped fit leaves out different samples
+        # from one batch to the next, and the same batch is fitted the same way wherever it is fitted
+        seed = int(batch.rew.detach().abs().sum().double().mul(1000).remainder(2**31))
+        steps = self.minibatches(t * e, cap, seed) if self.cfg.epochs else []
         if steps:
             opt = torch.optim.Adam(list(both.values()), lr=self.cfg.lr)
             for idx in steps:

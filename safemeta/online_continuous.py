@@ -84,7 +84,7 @@ def references(cfg: ContinuousOnlineConfig, trainer, tasks: list, cache: Path | 
 
 def run_online_continuous(cfg: ContinuousOnlineConfig, reference_cache: Path | None = None,
                           on_task=None) -> list[dict[str, float]]:
-    from safemeta.model import init_meta_params, stacked_theta
+    from safemeta.model import fit_meta_critics, init_meta_params, stacked_theta
     from safemeta.params import stack
 
     trainer = _trainer(cfg, "meta_srl")
@@ -93,12 +93,13 @@ def run_online_continuous(cfg: ContinuousOnlineConfig, reference_cache: Path | N
     j_ref = references(cfg, trainer, tasks, reference_cache)
     d = family.cost_limit_for("train")
     gen = torch.Generator().manual_seed(cfg.seed + 2)
-    meta, critics = trainer.meta, (lambda: trainer.meta.critics_for(1))
+    meta = trainer.meta
     if cfg.learner == "pretrained":
         pre = _trainer(cfg, "pretrained", cfg.pretrain_iters)
         for _ in range(cfg.pretrain_iters):
             pre.train_iteration()
         meta = pre.meta
+    critics = lambda: meta.critics_for(1)  # noqa: E731  (pretrained: its own fitted critics)
     past: list[dict] = []
     rows, gaps, viols = [], [], []
     for t, task in enumerate(tasks, start=1):
@@ -119,7 +120,10 @@ def run_online_continuous(cfg: ContinuousOnlineConfig, reference_cache: Path | N
         venv = family.make([task], cfg.envs_per_task, "cpu", seed=cfg.seed * 1000 + t)
         result = trainer.adapter.adapt({k: v.clone() for k, v in theta.items()}, venv, cfg.steps,
                                        inner.init_state(1, d, **overrides), crit, 1, gen, final_rollout=True)
-        info = trainer.outer.update(result, [task]) if cfg.learner == "meta_srl" else {}
+        info = {}
+        if cfg.learner == "meta_srl":  # the critics' initialization is carried as in the trainer, then the update
+            result.meta_batch = fit_meta_critics(trainer.meta, trainer.critics, result.batches[0])
+            info = trainer.outer.update(result, [task])
         past.append({k: v[0].detach() for k, v in result.params[-1].items()})
         j_hat, c_hat = float(result.batches[-1].ep_return[0]), float(result.batches[-1].ep_cost[0])
         gaps.append(float(j_ref[t - 1]) - j_hat)

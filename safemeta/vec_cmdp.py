@@ -163,7 +163,9 @@ class BatchedCMDP(VecCMDP):
         return self._observe()
 
     def step(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict]:
-        act = act.clamp(-1.0, 1.0)
+        # a NaN action steps as 0 (clamp keeps NaN, and NaN positions break e.g. the lidar's bin indices): the
+        # collector's per-chunk check then reports the stored NaN action as an EnvFault naming its tasks
+        act = torch.nan_to_num(act.clamp(-1.0, 1.0), nan=0.0)
         reward, cost, terminated = self._transition(act)
         self._lag += 1
         if self._t_bound is None:

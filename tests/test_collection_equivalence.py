@@ -160,3 +160,13 @@ def test_a_fault_names_the_field_and_the_tasks_of_the_first_faulty_step(field, t
         Collector(actor).collect(params, venv, 10, torch.Generator().manual_seed(0))
     assert count[0] < 100 + 64 + 1 if field != "action" else count[0] <= 64  # found within one chunk
     check_finite(venv, fine=torch.zeros(3))  # (the check itself passes finite values)
+
+
+@pytest.mark.parametrize("name", ["point-goal", "point-circle", "point-button", "car-circle-hazard"])
+def test_a_nan_action_in_a_lidar_family_is_an_env_fault_naming_its_task(name):
+    """A NaN action must not crash a lidar family before the per-chunk check (NaN positions once broke the lidar's
+    bin indices with an IndexError): the env steps it as 0 and the check names the action and the task."""
+    actor, params, (venv, _) = _setup(name, 3, 2)
+    params["mean.4.bias"][1, 0] = float("nan")
+    with pytest.raises(EnvFault, match=r"non-finite action for task\(s\) \[1\]"):
+        Collector(actor).collect(params, venv, 1, torch.Generator().manual_seed(0))

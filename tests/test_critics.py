@@ -136,3 +136,29 @@ def test_annotation_evaluates_next_states_only_where_they_differ_and_matches_a_f
     adv_c, ret_c = gae(batch.cost, *full["cost"], batch.terminated, batch.truncated, cfg.cost_gamma, cfg.cost_lam)
     for got, want in ((fast.adv_r, adv_r), (fast.ret_r, ret_r), (fast.adv_c, adv_c), (fast.ret_c, ret_c)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_explained_variance_is_zero_where_the_targets_do_not_vary():
+    target = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
+    pred = torch.tensor([[0.0, 2.0, 5.0], [0.0, 1.0, 2.0]])
+    assert explained_variance(pred, target).tolist() == [0.0, 1.0]
+
+
+def test_a_run_saved_with_critic_iters_loads_as_the_same_full_batch_fit(make_config, tmp_path):
+    import yaml
+
+    from safemeta.config.loader import load_config, save_config
+
+    path = tmp_path / "config.yaml"
+    save_config(make_config(), path)
+    data = yaml.safe_load(path.read_text())
+    for key in ("epochs", "minibatch_size", "max_minibatches", "meta_max_minibatches"):
+        data["critic"].pop(key)
+    data["critic"]["iters"] = 7
+    path.write_text(yaml.safe_dump(data))
+    with pytest.warns(UserWarning, match="critic.iters"):
+        cfg = load_config(path)
+    c = cfg.critic
+    assert (c.epochs, c.minibatch_size, c.max_minibatches, c.meta_max_minibatches) == (7, 0, 0, 0)
+    t = MetaTrainer(cfg)
+    assert [len(i) for i in t.critics.minibatches(50)] == [50] * 7

@@ -120,8 +120,8 @@ class InnerSolver(ABC):
 
 def fvp_subsample_field():
     """The ``fvp_subsample`` config field of a natural-gradient solver (see ``InnerSolver.fisher_batch``)."""
-    return spec(4, ge=1, doc="Fisher-vector products on every k-th time step of the batch (1: all); the step's KL "
-                             "check and line search use the whole batch")
+    return spec(4, ge=1, doc="Fisher-vector products of the conjugate-gradient solve on every k-th time step of the "
+                             "batch (1: all); the step's KL check, line search and CRPO's KL cap use the whole batch")
 
 
 def output_field(default: str):

@@ -80,7 +80,10 @@ class CRPO(InnerSolver):
         fvp = fisher_vector_product(lambda q: self.mean_kl(old, q, fisher), old, cfg.cg_damping)
         nat = conjugate_gradient(fvp, direction_grad, cfg.cg_iters)
         x = state["step_size"].unsqueeze(-1) * nat
-        quad_kl = 0.5 * (x * fvp(x)).sum(-1)
+        # the cap is CRPO's only KL control (no line search), so its quadratic estimate uses the whole batch
+        full_fvp = fvp if fisher is batch else fisher_vector_product(lambda q: self.mean_kl(old, q, batch), old,
+                                                                     cfg.cg_damping)
+        quad_kl = 0.5 * (x * full_fvp(x)).sum(-1)
         scale = torch.where(quad_kl > cfg.max_kl, torch.sqrt(cfg.max_kl / quad_kl.clamp(min=1e-12)), torch.ones_like(quad_kl))
         new = add(old, unflat((scale.unsqueeze(-1) * x).detach(), old))
         with torch.no_grad():

@@ -11,6 +11,8 @@ the closest valid keys. Values given with ``--set a.b=value`` are parsed as YAML
 """
 from __future__ import annotations
 
+import warnings
+
 import types
 import typing
 from dataclasses import MISSING, fields, is_dataclass
@@ -304,9 +306,23 @@ def _split_sections(layers: list[Layer]) -> tuple[list[Layer], list[tuple[str, s
 
 
 def load_config(path: str | Path) -> Config:
-    """Load a resolved config saved in a run directory."""
-    data = read_yaml(path, "saved config")
+    """Load a resolved config saved in a run directory (one saved before a key was renamed is migrated)."""
+    data = migrate_saved(read_yaml(path, "saved config"), str(path))
     return build_config(data, {k: str(path) for k in _dotted(data, "")})
+
+
+def migrate_saved(data: dict, path: str) -> dict:
+    """Saved configs from before issue 16 name ``critic.iters`` (full-batch Adam steps per fit): the same fit is
+    ``epochs = iters`` with whole-batch minibatches and no caps, so old runs resume and load as they trained."""
+    critic = data.get("critic")
+    if isinstance(critic, dict) and "iters" in critic:
+        critic = dict(critic)
+        iters = critic.pop("iters")
+        critic.update({"epochs": iters, "minibatch_size": 0, "max_minibatches": 0, "meta_max_minibatches": 0})
+        warnings.warn(f"{path}: critic.iters (before issue 16) read as critic.epochs={iters} with whole-batch "
+                      "minibatches and no caps.", stacklevel=3)
+        data = {**data, "critic": critic}
+    return data
 
 
 def to_dict(cfg: Any) -> Any:
