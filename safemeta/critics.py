@@ -148,15 +148,14 @@ class Critics:
                          ) -> tuple[Batch, CriticParams]:
         """Annotate with ``params`` (the fit's targets), fit, annotate with the fitted critics; ``last_fit`` gets
         the fitted critics' explained variances of those targets."""
-        batch = shape(batch, self.cfg.cost_shaping_horizon, self.cfg.cost_shaping_coeff)
-        first = self._gae(batch, *self.state_values(batch, params))
+        first = self.annotate(batch, params)  # shaped once here; the second pass reuses it
         params = self.fit(first, params, cap)
-        v, nv = self.state_values(batch, params)
-        n = batch.n_tasks
+        v, nv = self.state_values(first, params)
+        n = first.n_tasks
         target = torch.cat([first.ret_r, first.ret_c], 0).reshape(2 * n, -1)
         ev = explained_variance(v.reshape(2 * n, -1), target)
         self.last_fit = {"ev_reward": ev[:n], "ev_cost": ev[n:]}
-        return self._gae(batch, v, nv), params
+        return self._gae(first, v, nv), params
 
 
 def single(reward: Params, cost: Params) -> CriticParams:

@@ -82,22 +82,13 @@ def bound_actor(actor: GaussianActor, params: Params):
     """``(mean_fn, log_std)``: `batched` for a `GaussianActor` with stacked ``params`` bound once, for a loop
     that calls it at every env step (the collector).
 
-    ``mean_fn(x[N, M, obs_dim]) -> [N, M, act_dim]`` runs the same ops in the same order as `_stacked_mlp` (same
-    numbers); the per-layer lookups, bias / weight views and the activation module's call are done here once
-    instead of per call. ``log_std`` is ``[N, act_dim]`` (state-independent, as `GaussianActor`'s).
+    ``mean_fn(x[N, M, obs_dim]) -> [N, M, act_dim]`` is `_stacked_mlp`'s layer chain (same ops, same numbers)
+    with the per-layer lookups and bias / weight views done here once instead of per call. ``log_std`` is
+    ``[N, act_dim]`` (state-independent, as `GaussianActor`'s).
     """
-    layers = [(params[f"{name}.bias"].unsqueeze(1), params[f"{name}.weight"].transpose(1, 2))
-              for name in _linear_names(actor.mean, "mean.")]
-    module = _activation_fn(actor.mean)
-    act = _ACTIVATION_OPS.get(type(module), module)
-    *hidden, (last_b, last_w) = layers
-
-    def mean_fn(h: Tensor) -> Tensor:
-        for b, w in hidden:
-            h = act(torch.baddbmm(b, h, w))
-        return torch.baddbmm(last_b, h, last_w)
-
-    return mean_fn, params["log_std"]
+    bound = _bind(params, _linear_names(actor.mean, "mean."))
+    act = _activation_fn(actor.mean)
+    return (lambda h: _chain(h, bound, act)), params["log_std"]
 
 
 _ACTIVATION_OPS = {nn.Tanh: torch.tanh, nn.ReLU: torch.relu, nn.ELU: nn.functional.elu}  # what their forward calls
@@ -117,17 +108,27 @@ def _linear_names(seq: nn.Sequential, prefix: str) -> list[str]:
 
 
 def _activation_fn(seq: nn.Sequential):
+    """The hidden layers' activation as the torch function its module's forward calls (None: no hidden layer)."""
     acts = [m for m in seq if not isinstance(m, nn.Linear)]
-    return acts[0] if acts else None
+    return _ACTIVATION_OPS.get(type(acts[0]), acts[0]) if acts else None
+
+
+def _bind(p: Params, layers: list[str]) -> list[tuple[Tensor, Tensor]]:
+    """Each linear layer's stacked ``(bias[N, 1, out], weight^T[N, in, out])``, as `torch.baddbmm` takes them."""
+    return [(p[f"{name}.bias"].unsqueeze(1), p[f"{name}.weight"].transpose(1, 2)) for name in layers]
+
+
+def _chain(h: Tensor, bound: list[tuple[Tensor, Tensor]], act) -> Tensor:
+    """``h[N, M, in]`` through the bound layers, ``act`` between them."""
+    *hidden, (last_b, last_w) = bound
+    for b, w in hidden:
+        h = act(torch.baddbmm(b, h, w))
+    return torch.baddbmm(last_b, h, last_w)
 
 
 def _stacked_mlp(p: Params, x: Tensor, layers: list[str], act) -> Tensor:
     shape = x.shape
-    h = x.reshape(shape[0], -1, shape[-1])
-    for i, name in enumerate(layers):
-        h = torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), h, p[f"{name}.weight"].transpose(1, 2))
-        if i < len(layers) - 1:
-            h = act(h)
+    h = _chain(x.reshape(shape[0], -1, shape[-1]), _bind(p, layers), act)
     return h.reshape(*shape[:-1], h.shape[-1])
 
 
