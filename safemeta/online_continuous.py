@@ -7,30 +7,56 @@
 
 Returns and costs are undiscounted episode means of rollouts (the trainer's own statistics), so the gap
 is an estimate against a long-trained reference, not the exact LP gap of the tabular protocol
-(`safemeta.online`). Learners: ``meta_srl`` (the `online_dualdice` outer updater of preset meta_srl,
-learning theta and alpha), ``random`` (a fresh init per task), ``pretrained`` (preset pretrained with
-CRPO, trained for ``pretrain_iters`` meta-iterations before the sequence), ``fal`` (follow the average
-leader: theta_t = the mean of the past tasks' adapted parameters). The baselines use CRPO's step size
-``alpha0``; meta_srl starts from it.
+(`safemeta.online`). Learners (where CRPO starts task t):
+
+* ``meta_srl``: the `online_dualdice` outer updater of preset meta_srl, learning theta and alpha;
+* ``random``: a fresh random policy init per task (no transfer);
+* ``pretrained``: preset pretrained with CRPO, trained for ``pretrain_iters`` meta-iterations before the
+  sequence, reused as every task's start;
+* ``fal`` (follow the average leader): theta_t = the mean of the past tasks' adapted *parameters*;
+* ``averaging``: the policy closest in KL to the uniform mixture of the past final *policies*
+  pi_hat_1 .. pi_hat_{t-1}, i.e. (follow the leader) theta_t approximately minimizes
+  L_t(theta) = (1/(t-1)) sum_{tau<t} E_{s ~ S_tau} KL(pi_hat_tau(.|s) || pi_theta(.|s)),
+  S_tau a uniform subsample (``AVERAGING_STATES``) of the states of pi_hat_tau's final rollout (at a state
+  shared by all tau this is KL(mixture || pi_theta) up to a constant: the mixture's M-projection). It runs
+  meta_srl's distillation budget, ``distill_iters`` Adam steps at the constant rate ``lr_phi`` (of
+  ``learner_cfg``, default online_dualdice's), from a fresh Adam warm-started at theta_{t-1}; theta_1 is
+  the shared init (as for ``fal``). It differs from meta_srl's update of phi by uniform state weights
+  (meta_srl weights by the DualDICE-estimated visitation d_hat_t), by averaging all past tasks (follow
+  the leader; meta_srl takes one OGD step on D_hat_t, the last task only) and by a fixed alpha (the
+  tabular counterpart: `safemeta.algorithms.meta_srl.baselines`, ``averaging``).
+
+The baselines use CRPO's step size ``alpha0``; meta_srl starts from it.
+
+Critics, one rule for every learner: each learner carries its own critics' initialization (V_R, V_C)
+across the sequence, ``pretrained``'s starting from its pretrained critics and every other learner's from
+the shared init (that of the meta_srl trainer, drawn with the run's seed). Task t's critics start from
+it, and after task t it is fitted on task t's first batch (the rollouts of theta_t) by
+`safemeta.model.fit_meta_critics`, as the trainer does for every method. ``random``'s *policy* stays
+fresh per task; its critics follow the rule.
 """
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from safemeta.config.schema import spec
 
-CONTINUOUS_LEARNERS = ("meta_srl", "random", "pretrained", "fal")
+LearnerName = Literal["meta_srl", "random", "pretrained", "fal", "averaging"]
+CONTINUOUS_LEARNERS: tuple[str, ...] = typing.get_args(LearnerName)
+AVERAGING_STATES = 256  # states kept per past task by ``averaging`` (a uniform subsample of its final rollout)
 
 
 @dataclass
 class ContinuousOnlineConfig:
-    learner: Literal["meta_srl", "random", "pretrained", "fal"] = "meta_srl"
+    learner: LearnerName = "meta_srl"
     learner_cfg: dict[str, Any] = field(default_factory=dict)  # outer_cfg.online_dualdice of meta_srl
     env: str = "nav2d-hazard"
     env_cfg: dict[str, Any] = field(default_factory=dict)
@@ -82,49 +108,177 @@ def references(cfg: ContinuousOnlineConfig, trainer, tasks: list, cache: Path | 
     return j_ref
 
 
-def run_online_continuous(cfg: ContinuousOnlineConfig, reference_cache: Path | None = None,
-                          on_task=None) -> list[dict[str, float]]:
-    from safemeta.model import fit_meta_critics, init_meta_params, stacked_theta
-    from safemeta.params import stack
+# ----------------------------------------------------------------------------------------------- averaging
 
-    trainer = _trainer(cfg, "meta_srl")
-    family, inner = trainer.family, trainer.inner
-    tasks = family.sample(cfg.tasks, "train", np.random.default_rng([cfg.seed, 7]))
-    j_ref = references(cfg, trainer, tasks, reference_cache)
-    d = family.cost_limit_for("train")
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
-    meta = trainer.meta
+@dataclass
+class PolicyTarget:
+    """pi_hat_tau on its kept states S_tau: ``states [S, obs_dim]``, its ``mean`` and ``log_std`` ``[S, act_dim]``."""
+    states: Tensor
+    mean: Tensor
+    log_std: Tensor
+
+
+def policy_target(actor_fn, pi_hat: dict, states: Tensor, keep: int, gen: torch.Generator) -> PolicyTarget:
+    """pi_hat (stacked for one task) on a uniform subsample of at most ``keep`` of ``states [..., obs_dim]``."""
+    flat = states.reshape(-1, states.shape[-1])
+    kept = flat[torch.randperm(len(flat), generator=gen)[:keep]]
+    with torch.no_grad():
+        mean, log_std = actor_fn({k: v.detach() for k, v in pi_hat.items()}, kept.unsqueeze(0))
+    return PolicyTarget(kept, mean[0], log_std[0])
+
+
+def mixture_distance(actor_fn, theta: dict, targets: list[PolicyTarget]) -> Tensor:
+    """L(theta) = (1/n) sum_tau E_{s ~ S_tau} KL(pi_hat_tau(.|s) || pi_theta(.|s)), ``theta`` unstacked."""
+    from safemeta.params import stack
+    from safemeta.policy import gaussian_kl
+
+    states = torch.cat([g.states for g in targets]).unsqueeze(0)
+    mean, log_std = actor_fn(stack(theta, 1), states)
+    kl = gaussian_kl(torch.cat([g.mean for g in targets]), torch.cat([g.log_std for g in targets]), mean[0], log_std[0])
+    weights = torch.cat([torch.full((len(g.states),), 1.0 / (len(g.states) * len(targets))) for g in targets])
+    return (kl * weights).sum()
+
+
+def distill_mixture(actor_fn, theta: dict, targets: list[PolicyTarget], iters: int, lr: float
+                    ) -> tuple[dict, float, float]:
+    """``iters`` Adam steps (rate ``lr``) on `mixture_distance` from ``theta``; the new theta, L before, L after."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in theta.items()}
+    opt = torch.optim.Adam(list(leaves.values()), lr=lr)
+    with torch.no_grad():
+        before = float(mixture_distance(actor_fn, leaves, targets))
+    for _ in range(iters):
+        opt.zero_grad()
+        mixture_distance(actor_fn, leaves, targets).backward()
+        opt.step()
+    out = {k: v.detach() for k, v in leaves.items()}
+    with torch.no_grad():
+        after = float(mixture_distance(actor_fn, out, targets))
+    return out, before, after
+
+
+# ------------------------------------------------------------------------------------------------ learners
+
+class Learner:
+    """Where CRPO starts task t: ``propose`` gives theta_t (stacked for one task) and the inner overrides
+    (alpha_t); ``critics`` the task's critics, from the carried initialization ``self.carried`` (a
+    `MetaParams` whose critics follow the module's rule); ``observe`` fits them and updates the learner."""
+
+    def __init__(self, cfg: ContinuousOnlineConfig, trainer, carried):
+        self.cfg, self.trainer, self.carried = cfg, trainer, carried
+        self.t = 0
+
+    def propose(self, task) -> tuple[dict, dict]:
+        from safemeta.model import stacked_theta
+
+        return stacked_theta(self.carried, 1), {}
+
+    def critics(self):
+        return self.carried.critics_for(1)
+
+    def observe(self, result, task) -> dict[str, float]:
+        from safemeta.model import fit_meta_critics
+
+        self.t += 1
+        result.meta_batch = fit_meta_critics(self.carried, self.trainer.critics, result.batches[0])
+        return self.update(result, task)
+
+    def update(self, result, task) -> dict[str, float]:
+        return {}
+
+
+class MetaSRLLearner(Learner):
+    def propose(self, task) -> tuple[dict, dict]:
+        return super().propose(task)[0], self.trainer.outer.inner_overrides([task])
+
+    def update(self, result, task) -> dict[str, float]:
+        return self.trainer.outer.update(result, [task])
+
+
+class RandomLearner(Learner):
+    def propose(self, task) -> tuple[dict, dict]:
+        from safemeta.model import build_modules
+        from safemeta.params import stack
+        from safemeta.policy import init_params
+
+        tr = self.trainer
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed * 100_003 + self.t + 1)
+            actor, _ = build_modules(tr.cfg, tr.obs_dim, tr.act_dim)
+        return {k: v.clone() for k, v in stack(init_params(actor), 1).items()}, {}
+
+
+class FALLearner(Learner):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.past: list[dict] = []
+
+    def propose(self, task) -> tuple[dict, dict]:
+        from safemeta.params import stack
+
+        if not self.past:
+            return super().propose(task)
+        mean = {k: torch.stack([p[k] for p in self.past]).mean(0) for k in self.past[0]}
+        return {k: v.clone() for k, v in stack(mean, 1).items()}, {}
+
+    def update(self, result, task) -> dict[str, float]:
+        self.past.append({k: v[0].detach() for k, v in result.params[-1].items()})
+        return {}
+
+
+class AveragingLearner(Learner):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.targets: list[PolicyTarget] = []
+        self.theta = {k: v.detach().clone() for k, v in self.carried.theta.items()}  # theta_1: the shared init
+
+    def propose(self, task) -> tuple[dict, dict]:
+        from safemeta.params import stack
+
+        return {k: v.clone() for k, v in stack(self.theta, 1).items()}, {}
+
+    def update(self, result, task) -> dict[str, float]:
+        actor_fn, outer_cfg = self.trainer.inner.actor_fn, self.trainer.outer.cfg
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.t)
+        self.targets.append(policy_target(actor_fn, result.params[-1], result.batches[-1].obs, AVERAGING_STATES, gen))
+        self.theta, before, after = distill_mixture(actor_fn, self.theta, self.targets, outer_cfg.distill_iters,
+                                                    outer_cfg.lr_phi)
+        return {"averaging/distance": before, "averaging/distance_after": after}
+
+
+def make_learner(cfg: ContinuousOnlineConfig, trainer) -> Learner:
+    """The learner ``cfg.learner``; its carried critics start from the shared init (``pretrained``: its own)."""
+    from safemeta.errors import UserError
+
+    kinds = {"meta_srl": MetaSRLLearner, "random": RandomLearner, "pretrained": Learner, "fal": FALLearner,
+             "averaging": AveragingLearner}
+    if cfg.learner not in kinds:
+        raise UserError(f"Unknown continuous online learner '{cfg.learner}'; valid: {', '.join(CONTINUOUS_LEARNERS)}.")
+    carried = trainer.meta
     if cfg.learner == "pretrained":
         pre = _trainer(cfg, "pretrained", cfg.pretrain_iters)
         for _ in range(cfg.pretrain_iters):
             pre.train_iteration()
-        meta = pre.meta
-    critics = lambda: meta.critics_for(1)  # noqa: E731  (pretrained: its own fitted critics)
-    past: list[dict] = []
+        carried = pre.meta
+    return kinds[cfg.learner](cfg, trainer, carried)
+
+
+def run_online_continuous(cfg: ContinuousOnlineConfig, reference_cache: Path | None = None,
+                          on_task=None) -> list[dict[str, float]]:
+    trainer = _trainer(cfg, "meta_srl")
+    family, inner = trainer.family, trainer.inner
+    tasks = family.sample(cfg.tasks, "train", np.random.default_rng([cfg.seed, 7]))
+    j_ref = references(cfg, trainer, tasks, reference_cache)
+    learner = make_learner(cfg, trainer)
+    d = family.cost_limit_for("train")
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
     rows, gaps, viols = [], [], []
     for t, task in enumerate(tasks, start=1):
-        overrides: dict = {}
-        if cfg.learner == "meta_srl":
-            overrides = trainer.outer.inner_overrides([task])
-            theta, crit = stacked_theta(meta, 1), trainer.outer.initial_critics(1)
-        elif cfg.learner == "random":
-            torch.manual_seed(cfg.seed * 100_003 + t)
-            fresh = init_meta_params(trainer.actor, trainer.critics, trainer.obs_dim, trainer.cfg)
-            theta, crit = stacked_theta(fresh, 1), fresh.critics_for(1)
-        elif cfg.learner == "fal" and past:
-            theta = stack({k: torch.stack([p[k] for p in past]).mean(0) for k in past[0]}, 1)
-            crit = critics()
-        else:  # pretrained, or fal before any task
-            theta, crit = stacked_theta(meta, 1), critics()
+        theta, overrides = learner.propose(task)
         alpha = float(overrides.get("step_size", torch.tensor([cfg.alpha0]))[0])
         venv = family.make([task], cfg.envs_per_task, "cpu", seed=cfg.seed * 1000 + t)
-        result = trainer.adapter.adapt({k: v.clone() for k, v in theta.items()}, venv, cfg.steps,
-                                       inner.init_state(1, d, **overrides), crit, 1, gen, final_rollout=True)
-        info = {}
-        if cfg.learner == "meta_srl":  # the critics' initialization is carried as in the trainer, then the update
-            result.meta_batch = fit_meta_critics(trainer.meta, trainer.critics, result.batches[0])
-            info = trainer.outer.update(result, [task])
-        past.append({k: v[0].detach() for k, v in result.params[-1].items()})
+        result = trainer.adapter.adapt(theta, venv, cfg.steps, inner.init_state(1, d, **overrides),
+                                       learner.critics(), 1, gen, final_rollout=True)
+        info = learner.observe(result, task)
         j_hat, c_hat = float(result.batches[-1].ep_return[0]), float(result.batches[-1].ep_cost[0])
         gaps.append(float(j_ref[t - 1]) - j_hat)
         viols.append(max(0.0, c_hat - d))

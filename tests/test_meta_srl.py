@@ -3,6 +3,7 @@ FTL initialization and step size as exact minimizers of the summed bounds, softm
 optimum and its switching rule, and the online protocol where Meta-SRL must beat random starts."""
 import numpy as np
 import pytest
+import torch
 from scipy.optimize import minimize_scalar
 
 from safemeta.algorithms.meta_srl.online_dualdice import (distance_grad, distance_term, estimated_visitation,
@@ -117,7 +118,7 @@ def test_online_grid_errors_are_clean(tmp_path, capsys):
     assert "similarity" in capsys.readouterr().err
     bad.write_text("learners: [online_dualdice]\nsettings: {a: {env: point-circle}}\nseeds: [0]\n")
     assert main(["online", str(bad)]) == 2  # a continuous family has its own learners
-    assert "'online_dualdice' is not one of meta_srl, random, pretrained, fal" in capsys.readouterr().err
+    assert "'online_dualdice' is not one of meta_srl, random, pretrained, fal, averaging" in capsys.readouterr().err
 
 
 def test_online_grid_writes_a_board_and_skips_finished_cells(tmp_path):
@@ -198,3 +199,113 @@ def test_continuous_online_protocol_runs_every_learner_and_reuses_its_references
         assert all(np.isfinite(r["gap"]) and r["violation"] >= 0 for r in rows)
         assert rows[-1]["taog"] == pytest.approx(np.mean([r["gap"] for r in rows]))
     assert "learner/alpha_next" in results["meta_srl"][-1]
+
+
+def _tiny_actor():
+    from safemeta.policy import GaussianActor, batched, init_params
+
+    torch.manual_seed(0)
+    actor = GaussianActor(3, 2, (16,), "tanh", 0.0)
+    return batched(actor), init_params(actor)
+
+
+def test_averaging_distils_toward_a_single_past_policy():
+    from safemeta.algorithms.outer.online_dualdice import NeuralOnlineDualDICEConfig
+    from safemeta.online_continuous import distill_mixture, policy_target
+    from safemeta.params import stack
+
+    actor_fn, theta = _tiny_actor()
+    gen, budget = torch.Generator().manual_seed(0), NeuralOnlineDualDICEConfig()
+    pi_hat = {k: v + 0.1 * torch.randn(v.shape, generator=gen) for k, v in theta.items()}
+    target = policy_target(actor_fn, stack(pi_hat, 1), torch.randn(2, 300, 3, generator=gen), 256, gen)
+    assert target.states.shape == (256, 3)  # a subsample of the rollout's states is kept
+    _, before, after = distill_mixture(actor_fn, theta, [target], budget.distill_iters, budget.lr_phi)
+    assert after < 0.1 * before  # one past task: theta_2 is (nearly) pi_hat_1
+
+
+def test_averaging_finds_the_mixture_of_the_past_policies_not_their_parameter_mean():
+    """pi_hat_1, pi_hat_2 share their mean and have log std -1, +1: the Gaussian closest in KL to their mixture
+    (the M-projection) has variance (e^-2 + e^2) / 2, whereas fal's parameter mean (and theta_1) has log std 0."""
+    import math
+
+    from safemeta.algorithms.outer.online_dualdice import NeuralOnlineDualDICEConfig
+    from safemeta.online_continuous import distill_mixture, mixture_distance, policy_target
+    from safemeta.params import stack
+
+    actor_fn, theta = _tiny_actor()
+    gen, budget = torch.Generator().manual_seed(0), NeuralOnlineDualDICEConfig()
+    past = [dict(theta, log_std=torch.full((2,), s)) for s in (-1.0, 1.0)]
+    targets = [policy_target(actor_fn, stack(p, 1), torch.randn(200, 3, generator=gen), 256, gen) for p in past]
+    fal = {k: (past[0][k] + past[1][k]) / 2 for k in theta}
+    distance = lambda p: float(mixture_distance(actor_fn, p, targets))  # noqa: E731
+    ours, _, after = distill_mixture(actor_fn, theta, targets, budget.distill_iters, budget.lr_phi)
+    assert after == pytest.approx(distance(ours))
+    assert after < distance(fal) - 0.2 and after < distance(theta) - 0.2
+    converged, _, best = distill_mixture(actor_fn, theta, targets, 400, 0.05)
+    assert best < min(distance(p) for p in past + [fal, ours])
+    expected = 0.5 * math.log((math.exp(-2) + math.exp(2)) / 2)
+    torch.testing.assert_close(converged["log_std"], torch.full((2,), expected), atol=0.02, rtol=0)
+    torch.testing.assert_close(converged["mean.2.weight"], theta["mean.2.weight"])  # the means already agree
+
+
+@pytest.mark.parametrize("learner", ["meta_srl", "random", "pretrained", "fal", "averaging"])
+def test_every_continuous_learner_carries_its_critics_initialization(tmp_path, monkeypatch, learner):
+    """Task 2's critics start from the learner's carried initialization as fitted on task 1's first batch
+    (`fit_meta_critics`), not from the shared init; task 1's start from the shared init (pretrained: its own)."""
+    import safemeta.model
+    import safemeta.online_continuous as oc
+    from safemeta.adaptation import Adapter
+
+    shared, starts, fits, results = {}, [], [], []
+    make, fit, adapt, critics = oc.make_learner, safemeta.model.fit_meta_critics, Adapter.adapt, oc.Learner.critics
+
+    def make_learner(cfg, trainer):
+        shared.update({k: v.clone() for k, v in trainer.meta.critic_reward.items()})
+        return make(cfg, trainer)
+
+    def start(self):
+        out = critics(self)
+        starts.append(({k: v.clone() for k, v in out.reward.items()}, {k: v.clone() for k, v in out.cost.items()}))
+        return out
+
+    def fitted(meta, crit, batch):
+        out = fit(meta, crit, batch)
+        fits.append((batch, dict(meta.critic_reward), dict(meta.critic_cost)))
+        return out
+
+    def recorded(self, init, *args, **kw):
+        results.append(adapt(self, init, *args, **kw))
+        return results[-1]
+
+    monkeypatch.setattr(oc, "make_learner", make_learner)
+    monkeypatch.setattr(oc.Learner, "critics", start)
+    monkeypatch.setattr(safemeta.model, "fit_meta_critics", fitted)
+    monkeypatch.setattr(Adapter, "adapt", recorded)
+    cfg, _, _ = build_online_config({"env": "tiny-nav", "learner": learner, "tasks": 2, "steps": 1,
+                                     "reference_steps": 2, "pretrain_iters": 1, "envs_per_task": 2})
+    rows = oc.run_online_continuous(cfg, tmp_path / "reference.json")
+    assert len(starts) == 2 and len(fits) == 2
+    first = results[-2]  # the last two adaptations are the sequence's tasks
+    assert fits[0][0] is first.batches[0]  # fitted on task 1's first batch
+    for k in shared:
+        assert torch.equal(starts[1][0][k][0], fits[0][1][k])
+        assert torch.equal(starts[1][1][k][0], fits[0][2][k])
+    assert any(not torch.equal(starts[1][0][k][0], shared[k]) for k in shared)
+    first_is_shared = all(torch.equal(starts[0][0][k][0], shared[k]) for k in shared)
+    assert first_is_shared == (learner != "pretrained")
+    assert all(np.isfinite(v) for r in rows for v in r.values())
+    if learner == "averaging":
+        assert rows[0]["learner/distance_after"] < rows[0]["learner/distance"]
+    if learner == "random":  # its policy is fresh per task
+        assert not torch.equal(results[-2].params[0]["mean.0.weight"], results[-1].params[0]["mean.0.weight"])
+
+
+def test_an_unknown_continuous_learner_lists_the_valid_ones():
+    from safemeta.errors import UserError
+    from safemeta.online_continuous import CONTINUOUS_LEARNERS, ContinuousOnlineConfig, make_learner
+
+    assert "averaging" in CONTINUOUS_LEARNERS
+    with pytest.raises(UserError, match="'nope' is not one of meta_srl, random, pretrained, fal, averaging"):
+        build_online_config({"env": "tiny-nav", "learner": "nope"})
+    with pytest.raises(UserError, match="valid: meta_srl, random, pretrained, fal, averaging"):
+        make_learner(ContinuousOnlineConfig(env="tiny-nav", learner="nope"), None)
