@@ -59,8 +59,11 @@ class Run:
         params = self.trainer.adapted_params(task, adapt_steps, seed) if task is not None and adapt_steps else None
         return lambda obs: self.trainer.act(torch.as_tensor(obs, dtype=torch.float32), params, deterministic)
 
-    def meta_test(self, tasks: int | None = None, adapt_steps: int | None = None, seed: int | None = None) -> dict:
-        return self.trainer.meta_test(tasks, adapt_steps, seed)
+    def meta_test(self, tasks: int | None = None, adapt_steps: int | None = None, seed: int | None = None,
+                  **eval_overrides) -> dict:
+        """The run's meta-test (README "Meta-test protocol"); keyword arguments replace fields of its ``eval``
+        section, e.g. ``inner="trpolag", multipliers="fresh"`` for the common-solver view."""
+        return self.trainer.meta_test(tasks, adapt_steps, seed, **eval_overrides)
 
 
 def train(cfg: Config, on_iteration: Callable[[dict], None] | None = None) -> Run:
@@ -174,9 +177,10 @@ def _fit(trainer: MetaTrainer, run_dir: Path, on_iteration: Callable[[dict], Non
     atomic_write_text(run_dir / "meta_test.json", json.dumps(report, indent=1))
     log.close()
     last = report["steps"][-1]
-    console.print(f"run dir: {run_dir}\nmeta-test after {len(report['steps']) - 1} adaptation steps: "
-                  f"return {last['return_mean']:.3f}, cost {last['cost_mean']:.3f} (limit {report['cost_limit']}), "
-                  f"tasks over the limit {last['violation_rate']:.0%}")
+    console.print(f"run dir: {run_dir}\nmeta-test after {len(report['steps']) - 1} fine-tuning steps, on fresh "
+                  f"episodes: return {last['return_mean']:.3f}, cost {last['cost_mean']:.3f} (limit "
+                  f"{report['cost_limit']}), tasks over the limit {last['violation_rate']:.0%}; cost paid while "
+                  f"fine-tuning {last['cost_paid_mean']:.1f} per task")
     return Run(run_dir, trainer)
 
 

@@ -8,10 +8,17 @@ A grid file (see ``leaderboards/grids/``)::
     envs: [point-circle]
     seeds: [0, 1, 2]
     set: {trainer.iters: 20}         # overrides for every cell (same syntax as --set)
+    algo_set:                        # overrides for one algo's cells (e.g. the same env-step budget)
+      pretrained: {trainer.iters: 120}
+    views:                           # extra meta-tests of every finished cell (README "Meta-test protocol")
+      common-trpolag: {inner: trpolag, multipliers: fresh}
+    metric: cost_every_step          # the verdict of the paper the board tests (safemeta.leaderboard.VERDICTS)
 
 Each cell's config is resolved like ``safemeta train`` would; a cell whose run directory already holds
 the same resolved config is skipped when finished (its ``meta_test.json`` is at the final iteration)
-and resumed otherwise, so re-running a grid only does what is missing. A failing cell is reported and
+and resumed otherwise, so re-running a grid only does what is missing. Each finished cell then gets every
+view's report (``RUN_DIR/views/<name>.json``: a meta-test of the same trained run with the view's ``eval``
+fields replaced), unless it already has it for the run's final iteration and the same spec. A failing cell is reported and
 the grid goes on; the command exits non-zero at the end if any cell failed.
 """
 from __future__ import annotations
@@ -29,7 +36,9 @@ from safemeta.config.schema import Config
 from safemeta.errors import UserError
 from safemeta.trainer import planned_iterations
 
-GRID_KEYS = {"out", "algos", "inners", "envs", "seeds", "set"}
+GRID_KEYS = {"out", "algos", "inners", "envs", "seeds", "set", "algo_set", "views", "metric"}
+VIEW_KEYS = ("tasks", "adapt_steps", "envs_per_task", "episodes_per_env", "episodes", "inner", "multipliers", "critics",
+             "seed")
 
 
 @dataclass
@@ -58,6 +67,14 @@ def load_grid(path: str | Path) -> list[Cell]:
     if not isinstance(overrides, dict):
         raise UserError(f"'set' in grid file '{path}' must map keys to values (e.g. trainer.iters: 20).")
     set_layer = nest(overrides)
+    algo_set = spec.get("algo_set") or {}
+    if not isinstance(algo_set, dict) or not all(isinstance(v, dict) for v in algo_set.values()):
+        raise UserError(f"'algo_set' in grid file '{path}' must map algo names to overrides "
+                        "(e.g. pretrained: {trainer.iters: 120}).")
+    stray = set(algo_set) - set(spec["algos"])
+    if stray:
+        raise UserError(f"'algo_set' in grid file '{path}' names {', '.join(sorted(stray))}, not in its algos "
+                        f"({', '.join(spec['algos'])}).")
     cells = []
     for algo, inner, env, seed in itertools.product(spec["algos"], spec.get("inners") or ["default"], spec["envs"],
                                                     spec["seeds"]):
@@ -66,9 +83,58 @@ def load_grid(path: str | Path) -> list[Cell]:
             flags["out"] = str(spec["out"])
         if inner != "default":
             flags["inner"] = inner
-        cfg = resolve_config([(str(path), flags), (f"{path} (set)", set_layer)])
+        cfg = resolve_config([(str(path), flags), (f"{path} (set)", set_layer),
+                              (f"{path} (algo_set.{algo})", nest(algo_set.get(algo) or {}))])
         cells.append(Cell(algo, None if inner == "default" else inner, env, int(seed), cfg))
     return cells
+
+
+def load_views(path: str | Path) -> dict[str, dict]:
+    """The grid's ``views``: name -> eval fields it replaces (checked: names, keys and values)."""
+    from safemeta.config.schema import EvalConfig
+    from safemeta.evaluation import MetaTestSpec, view_path
+
+    views = read_yaml(path, "grid file").get("views") or {}
+    if not isinstance(views, dict):
+        raise UserError(f"'views' in grid file '{path}' must map view names to eval settings "
+                        "(e.g. common-trpolag: {inner: trpolag, multipliers: fresh}).")
+    out = {}
+    for name, fields in views.items():
+        view_path(Path("."), str(name))  # a valid name
+        fields = dict(fields or {})
+        unknown = set(fields) - set(VIEW_KEYS)
+        if unknown:
+            raise UserError(f"View '{name}' in grid file '{path}' sets unknown key(s) {', '.join(sorted(unknown))}. "
+                            f"Valid keys: {', '.join(VIEW_KEYS)}.")
+        resolve_config([(f"{path} (views.{name})", {"algo": "random", "eval": fields})])  # values checked
+        MetaTestSpec.from_config(EvalConfig(), **fields)
+        out[str(name)] = fields
+    return out
+
+
+def ensure_views(run_dir: Path, cfg: Config, views: dict[str, dict]) -> int:
+    """Meta-test a finished run in every view it lacks (or has for another iteration or spec); returns how many
+    reports were written."""
+    from safemeta.api import Run
+    from safemeta.evaluation import MetaTestSpec, save_view, view_path
+
+    missing = {}
+    for name, fields in views.items():
+        want = MetaTestSpec.from_config(cfg.eval, **fields)
+        try:
+            have = json.loads(view_path(run_dir, name).read_text())
+        except (OSError, json.JSONDecodeError):
+            have = {}
+        if have.get("iteration") != planned_iterations(cfg) or have.get("spec") != want.__dict__:
+            missing[name] = fields
+    if not missing:
+        return 0
+    run = Run.load(run_dir)
+    for name, fields in missing.items():
+        report = run.meta_test(**fields)
+        report["iteration"] = run.trainer.iteration
+        save_view(run_dir, name, report)
+    return len(missing)
 
 
 def find_run(cfg: Config) -> Path | None:
@@ -100,6 +166,7 @@ def run_grid(path: str | Path) -> int:
     from safemeta.api import console
 
     cells = load_grid(path)
+    views = load_views(path)
     failed: list[tuple[Cell, str]] = []
     counts = {"skipped": 0, "resumed": 0, "new": 0}
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
@@ -119,6 +186,9 @@ def run_grid(path: str | Path) -> int:
                 else:
                     counts["new"] += 1
                     safemeta.train(cell.cfg, on_iteration=tick)
+                if views:
+                    progress.update(run_bar, description=f"{cell.label}: views")
+                    ensure_views(find_run(cell.cfg), cell.cfg, views)
             except Exception as e:  # report, go on with the grid
                 failed.append((cell, f"{type(e).__name__}: {e}"))
                 console.print(f"[red]failed: {cell.label}: {type(e).__name__}: {e}")

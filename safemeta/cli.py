@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--tasks", type=int, help="number of held-out tasks (default: the run's eval.tasks)")
     e.add_argument("--adapt-steps", type=int, help="K adaptation steps (default: the run's eval.adapt_steps)")
     e.add_argument("--seed", type=int, help="seed of the held-out task draw (default: the run's eval.seed)")
+    e.add_argument("--inner", metavar="SOLVER", help="fine-tune with this inner solver at the family's settings (the "
+                   "common-solver view; default: the run's eval.inner, '' = its own solver)")
+    e.add_argument("--multipliers", choices=["inherit", "fresh"], help="start the solver's multipliers where "
+                   "meta-training left them, or at their defaults (default: the run's eval.multipliers)")
+    e.add_argument("--critics", choices=["inherit", "fresh"], help="start the task critics from the carried "
+                   "initialization, or a random one (default: the run's eval.critics)")
+    e.add_argument("--episodes", type=int, help="fresh evaluation episodes per task after each step (eval.episodes)")
+    e.add_argument("--view", metavar="NAME", help="save the report as the run's view NAME (RUN_DIR/views/NAME.json), "
+                   "which `safemeta leaderboard` renders as its own table")
 
     b = sub.add_parser("bench", parents=[plugin], help="run a grid of algos x inners x envs x seeds (resumable)")
     b.add_argument("grid", help="grid YAML file (see leaderboards/grids/)")
@@ -105,24 +114,34 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from safemeta.api import Run, console
+    from safemeta.evaluation import describe_protocol, save_view
     from safemeta.tracking import atomic_write_text
 
-    for flag in ("tasks", "adapt_steps"):
-        if getattr(args, flag) is not None and getattr(args, flag) < (1 if flag == "tasks" else 0):
-            raise UserError(f"--{flag.replace('_', '-')} must be {'>= 1' if flag == 'tasks' else '>= 0'}, got {getattr(args, flag)}.")
+    for flag, low in (("tasks", 1), ("adapt_steps", 0), ("episodes", 1)):
+        if getattr(args, flag) is not None and getattr(args, flag) < low:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= {low}, got {getattr(args, flag)}.")
     run = Run.load(args.run_dir)
-    report = run.meta_test(args.tasks, args.adapt_steps, args.seed)
+    report = run.meta_test(args.tasks, args.adapt_steps, args.seed, inner=args.inner, multipliers=args.multipliers,
+                           critics=args.critics, episodes=args.episodes)
     report["iteration"] = run.trainer.iteration
     spec = report["spec"]
-    out = Path(args.run_dir) / f"eval-it{run.trainer.iteration}-n{spec['tasks']}-k{spec['adapt_steps']}-s{spec['seed']}.json"
-    atomic_write_text(out, json.dumps(report, indent=1))
-    rows = ["step,task,return,cost,within_limit"] + [
-        f"{st['step']},{i},{r},{c},{w}" for st in report["steps"]
-        for i, (r, c, w) in enumerate(zip(st["per_task"]["return"], st["per_task"]["cost"], st["per_task"]["within_limit"]))]
+    if args.view:
+        out = save_view(Path(args.run_dir), args.view, report)
+    else:
+        default_view = (spec["inner"], spec["multipliers"], spec["critics"]) == ("", "inherit", "inherit")
+        view = "" if default_view else f"-{spec['inner'] or 'own'}-{spec['multipliers']}-{spec['critics']}"
+        out = Path(args.run_dir) / (f"eval-it{run.trainer.iteration}-n{spec['tasks']}-k{spec['adapt_steps']}"
+                                    f"-s{spec['seed']}{view}.json")
+        atomic_write_text(out, json.dumps(report, indent=1))
+    rows = ["step,task,return,cost,within_limit,cost_paid"] + [
+        f"{st['step']},{i},{r},{c},{w},{p}" for st in report["steps"]
+        for i, (r, c, w, p) in enumerate(zip(st["per_task"]["return"], st["per_task"]["cost"],
+                                             st["per_task"]["within_limit"], st["per_task"]["cost_paid"]))]
     atomic_write_text(out.with_suffix(".csv"), "\n".join(rows) + "\n")
+    console.print(describe_protocol(report["protocol"]))
     for step in report["steps"]:
         console.print(f"step {step['step']}: return {step['return_mean']:.3f}  cost {step['cost_mean']:.3f}  "
-                      f"over limit {step['violation_rate']:.0%}")
+                      f"over limit {step['violation_rate']:.0%}  cost paid while adapting {step['cost_paid_mean']:.1f}")
     console.print(f"wrote {out}")
 
 

@@ -14,21 +14,26 @@ from safemeta import registry  # noqa: E402
 from safemeta.stats import bootstrap  # noqa: E402
 
 
-def plot_adaptation(family: str, methods: list, limit: float, path: Path) -> Path:
-    """Return and cost vs adaptation step on held-out tasks, one line per method, 95% bootstrap bands."""
-    fig, (ax_r, ax_c) = plt.subplots(1, 2, figsize=(10, 4))
+def plot_adaptation(family: str, methods: list, limit: float, path: Path, title: str = "") -> Path:
+    """Return and cost vs fine-tuning step on held-out tasks, one line per method, 95% bootstrap bands; with
+    reports that record it, a third panel: the cumulative cost paid by the fine-tuning batches themselves."""
+    paid = all("cost_paid" in r.report["steps"][0]["per_task"] for m in methods for r in m.runs)
+    fig, axes = plt.subplots(1, 3 if paid else 2, figsize=(15 if paid else 10, 4))
+    keys = ("return", "cost", "cost_paid")[:len(axes)]
     for m in methods:
         steps = range(len(m.runs[0].report["steps"]))
-        for ax, key in ((ax_r, "return"), (ax_c, "cost")):
+        for ax, key in zip(axes, keys):
             est = [bootstrap(m.per_task(k, key), reps=500) for k in steps]
             ax.plot(list(steps), [e.value for e in est], marker="o", label=m.label)
             ax.fill_between(list(steps), [e.low for e in est], [e.high for e in est], alpha=0.2)
-    ax_c.axhline(limit, color="k", linestyle="--", linewidth=1, label=f"cost limit d = {limit:g}")
-    for ax in (ax_r, ax_c):
+    axes[1].axhline(limit, color="k", linestyle="--", linewidth=1, label=f"cost limit d = {limit:g}")
+    for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_c.legend(fontsize=8)
-    return _finish(fig, ((ax_r, "episode return"), (ax_c, "episode cost")), "adaptation step",
-                   f"{family}: meta-test on held-out tasks", path)
+    axes[1].legend(fontsize=8)
+    labels = ("episode return (fresh episodes)", "episode cost (fresh episodes)",
+              "cost paid while fine-tuning (cumulative)")
+    return _finish(fig, tuple(zip(axes, labels)), "fine-tuning step",
+                   title or f"{family}: meta-test on held-out tasks", path)
 
 
 def plot_training(family: str, methods: list, path: Path) -> Path:

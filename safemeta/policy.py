@@ -29,6 +29,8 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
 
 
 class GaussianActor(nn.Module):
+    kind = "gaussian"  # what an inner solver must support to update it (``InnerSolver.policy_kinds``)
+
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...], activation: str, init_log_std: float):
         super().__init__()
         self.mean = mlp([obs_dim, *hidden_sizes, act_dim], activation)

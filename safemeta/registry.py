@@ -102,6 +102,7 @@ _BUILTIN_MODULES = (
     "safemeta.algorithms.outer.pooled",
     "safemeta.algorithms.outer.no_meta",
     "safemeta.algorithms.outer.dco_cpo",
+    "safemeta.algorithms.outer.dco_trpo",
     "safemeta.algorithms.outer.fomaml_safe",
     "safemeta.algorithms.outer.online_dualdice",
     "safemeta.envs.tiny_nav",

@@ -139,14 +139,16 @@ class MetaTrainer:
         self.meta.critic_reward, self.meta.critic_cost = loaded.critic_reward, loaded.critic_cost
         self.outer.load_state_dict(outer_state)
 
-    def meta_test(self, tasks: int | None = None, adapt_steps: int | None = None, seed: int | None = None) -> dict:
-        ev = self.cfg.eval
-        spec = MetaTestSpec(tasks or ev.tasks, ev.adapt_steps if adapt_steps is None else adapt_steps,
-                            ev.envs_per_task, ev.episodes_per_env, ev.seed if seed is None else seed)
-        report = meta_test(self.adapter, self.family, self.meta, self.outer, spec, self.cfg.trainer.device)
-        if self.obs_norm is not None:  # meta-test rollouts do not move the normalization
-            self.obs_norm.discard()
-        return report
+    def meta_test(self, tasks: int | None = None, adapt_steps: int | None = None, seed: int | None = None,
+                  **eval_overrides) -> dict:
+        """The meta-test of ``cfg.eval`` (`safemeta.evaluation`), with the given fields replaced (e.g.
+        ``inner="trpolag", multipliers="fresh"`` for a common-solver view)."""
+        spec = MetaTestSpec.from_config(self.cfg.eval, tasks=tasks, adapt_steps=adapt_steps, seed=seed, **eval_overrides)
+        try:
+            return meta_test(self, spec, self.cfg.trainer.device)
+        finally:
+            if self.obs_norm is not None:  # meta-test rollouts do not move the normalization
+                self.obs_norm.discard()
 
     # -- checkpoint state ---------------------------------------------------------------------
     def state_dict(self) -> dict:

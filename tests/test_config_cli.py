@@ -81,7 +81,7 @@ def test_cli_train_and_eval_end_to_end(tmp_path):
     report = json.loads(out.read_text())
     assert len(report["steps"]) == 3 and len(report["steps"][0]["per_task"]["return"]) == 3
     table = out.with_suffix(".csv").read_text().splitlines()
-    assert table[0] == "step,task,return,cost,within_limit" and len(table) == 1 + 3 * 3
+    assert table[0] == "step,task,return,cost,within_limit,cost_paid" and len(table) == 1 + 3 * 3
     r2 = run_cli("eval", str(run_dir), "--tasks", "3", "--adapt-steps", "2", "--seed", "7")
     assert json.loads(out.read_text())["steps"] == report["steps"]  # same seed, same numbers
     assert r2.returncode == 0

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 import safemeta
-from safemeta.bench import load_grid, run_grid
+from safemeta.bench import load_grid, load_views, run_grid
 from safemeta.config.loader import save_config
 from safemeta.errors import UserError
 from safemeta.leaderboard import make_leaderboards
@@ -134,3 +134,81 @@ def test_leaderboard_errors_name_the_problem(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="No finished runs"):
         make_leaderboards(tmp_path / "empty", tmp_path / "b", None, "x")
+
+
+def _protocol(inner="", mult="inherit", k=2):
+    return {"solver": {"name": inner or "own-solver", "view": "common" if inner else "own", "settings": {}},
+            "adapt_steps": k, "tasks": 2, "cost_limit": 1.0, "eval_episodes": 16,
+            "adapt_batch": {"envs_per_task": 8, "episodes_per_env": 1}, "multipliers": mult, "critics": "inherit",
+            "inherited": {}, "scored_on": "fresh episodes"}
+
+
+def _with_protocol(root, algo, protocol, views=None):
+    run_dir = next((root).glob(f"{algo}-*/*"))
+    report = json.loads((run_dir / "meta_test.json").read_text())
+    (run_dir / "meta_test.json").write_text(json.dumps({**report, "protocol": protocol}))
+    for name, (prot, returns, costs) in (views or {}).items():
+        (run_dir / "views").mkdir(exist_ok=True)
+        steps = [{"step": k, "per_task": {"return": list(r), "cost": list(c), "within_limit": [x <= 1 for x in c],
+                                          "cost_paid": [0.0, 0.0]}} for k, (r, c) in enumerate(zip(returns, costs))]
+        (run_dir / "views" / f"{name}.json").write_text(json.dumps({"cost_limit": 1.0, "steps": steps,
+                                                                    "protocol": prot, "view": name}))
+
+
+def test_board_renders_every_view_with_its_protocol_and_the_papers_verdict(tmp_path):
+    root = tmp_path / "runs"
+    # c_maml: within d after K but over it at step 1; pretrained: within d at every step, lower return
+    _fake_run(root, "c_maml", 0, returns=[[1, 2], [3, 4], [5, 7]], costs=[[0, 0], [3, 3], [0.5, 0.5]])
+    _fake_run(root, "pretrained", 0, returns=[[0, 1], [1, 2], [2, 2]], costs=[[0, 0], [0.5, 0.5], [0.5, 0.5]])
+    common = _protocol("trpolag", "fresh")
+    for algo in ("c_maml", "pretrained"):
+        _with_protocol(root, algo, _protocol(), {"common-trpolag": (common, [[1, 1], [2, 2], [3, 3]],
+                                                                    [[0, 0], [0, 0], [0, 0]])})
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    grid = grids / "g.yaml"
+    grid.write_text(json.dumps({"out": str(root), "envs": ["tiny-nav"], "metric": "mean_cost"}))
+    make_leaderboards(root, tmp_path / "boards", None, "safemeta leaderboard", grids)
+    rows = list(csv.DictReader((tmp_path / "boards" / "tiny-nav.csv").open()))
+    assert [(r["view"], r["method"], r["safe"]) for r in rows][:2] == [
+        ("method", "c_maml / trpolag", "True"), ("method", "pretrained / trpolag", "True")]
+    assert {r["view"] for r in rows} == {"method", "common-trpolag"}
+    md = (tmp_path / "boards" / "tiny-nav.md").read_text()
+    assert "## The method as a whole" in md and "## View `common-trpolag`" in md
+    assert "one solver for every row, `trpolag` at the family's settings" in md and "at the solver's defaults" in md
+    assert "Meta-CPO (Cho & Sun, AAAI-24)" in md and "step 2" in md
+    assert (tmp_path / "boards" / "tiny-nav-common-trpolag-adaptation.png").stat().st_size > 1000
+    # C-MAML's metric: the cost at every step; c_maml's step-1 cost 3 > d fails it
+    grid.write_text(json.dumps({"out": str(root), "envs": ["tiny-nav"], "metric": "cost_every_step"}))
+    make_leaderboards(root, tmp_path / "boards", None, "safemeta leaderboard", grids)
+    rows = list(csv.DictReader((tmp_path / "boards" / "tiny-nav.csv").open()))
+    assert [(r["method"], r["safe"]) for r in rows if r["view"] == "method"] == [
+        ("pretrained / trpolag", "True"), ("c_maml / trpolag", "False")]
+    assert "C-MAML (Daaboul et al. 2024)" in (tmp_path / "boards" / "tiny-nav.md").read_text()
+    grid.write_text(json.dumps({"out": str(root), "envs": ["tiny-nav"], "metric": "vibes"}))
+    with pytest.raises(UserError, match="Unknown verdict metric 'vibes'.*Valid: mean_cost, cost_every_step"):
+        make_leaderboards(root, tmp_path / "boards", None, "safemeta leaderboard", grids)
+
+
+def test_one_table_never_mixes_protocols(tmp_path):
+    root = tmp_path / "runs"
+    _fake_run(root, "c_maml", 0, returns=[[1, 2], [3, 4], [5, 7]], costs=[[0, 0], [3, 3], [0.5, 0.5]])
+    _fake_run(root, "pretrained", 0, returns=[[0, 1], [1, 2], [2, 2]], costs=[[0, 0], [0.5, 0.5], [0.5, 0.5]])
+    _with_protocol(root, "c_maml", _protocol())
+    _with_protocol(root, "pretrained", _protocol(mult="fresh"))
+    with pytest.raises(UserError, match="different protocols.*c_maml / trpolag s0.*pretrained / trpolag s0"):
+        make_leaderboards(root, tmp_path / "boards", None, "x")
+
+
+def test_grid_views_meta_test_each_finished_cell_once(tmp_path, capsys):
+    grid = _grid(tmp_path, views={"common-cpo": {"inner": "cpo", "multipliers": "fresh"}})
+    assert run_grid(grid) == 0
+    view = next((tmp_path / "runs").glob("fomaml_trpo-trpo-tiny-nav/*/views/common-cpo.json"))
+    report = json.loads(view.read_text())
+    assert report["protocol"]["solver"]["name"] == "cpo" and report["iteration"] == 2
+    stamp = view.stat().st_mtime_ns
+    assert run_grid(grid) == 0 and view.stat().st_mtime_ns == stamp  # already there: not recomputed
+    with pytest.raises(UserError, match="unknown key.*colour"):
+        load_views(_grid(tmp_path, views={"v": {"colour": "red"}}))
+    with pytest.raises(UserError, match="names no registered inner solver"):
+        load_views(_grid(tmp_path, views={"v": {"inner": "nope"}}))

@@ -7,7 +7,9 @@ cost limit d) is a dict of ``[N]`` tensors so it can be checkpointed and set fro
 Capabilities are class attributes that outer updaters check:
 - ``supports_differentiable``: ``step(..., differentiable=True)`` keeps the graph from the returned
   parameters back to the input parameters (needed by Meta-CPO);
-- ``supports_step_size``: a per-task step size in ``state["step_size"]`` is honoured (Meta-SRL).
+- ``supports_step_size``: a per-task step size in ``state["step_size"]`` is honoured (Meta-SRL);
+- ``policy_kinds``: the kinds of actor it can update (``GaussianActor.kind``); the meta-test refuses a
+  fine-tuning solver (``eval.inner``) that cannot update the run's policy.
 
 ``output(result)`` is the policy a solver hands out after its steps (``MetaTrainer.adapted_params``):
 with ``cfg.output = "last"`` the last iterate theta_K, with ``"feasible"`` per task the latest iterate whose
@@ -38,6 +40,7 @@ class InnerSolver(ABC):
     Config: ClassVar[type]
     supports_differentiable: ClassVar[bool] = False
     supports_step_size: ClassVar[bool] = False
+    policy_kinds: ClassVar[tuple[str, ...]] = ("gaussian",)
 
     def __init__(self, cfg: Any, actor: GaussianActor):
         self.cfg = cfg

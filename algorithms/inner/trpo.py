@@ -6,7 +6,13 @@ Per task i (eq. numbers of the TRPO paper):
   mean KL (the Fisher matrix), with damping                                                 (App. C)
 - full step s_i = sqrt(2 delta / x_i^T F_i x_i) x_i, then backtracking until
   KL(pi_old || pi_new) <= delta and L_i improves                                            (App. C)
-A = standardized GAE of reward. Unconstrained: the cost is ignored (the baseline `fomaml_trpo`).
+A = standardized GAE of reward. Unconstrained: the cost is ignored (the baselines `fomaml_trpo`, `meta_trpo`).
+
+``TRPO.step(..., differentiable=True)`` (for Meta-TRPO, `outer.dco_trpo`) keeps the graph from the new
+parameters back to the old ones: g_i second order, x_i = F_i^-1 g_i differentiated implicitly (F_i depends
+on theta_old through both arguments of the KL; `implicit_solve`), beta_i through x_i^T F_i x_i, and
+theta_new = theta_old + f_i beta_i x_i with the line search's fraction f_i held constant (it is piecewise
+constant in theta_old). Its values are the non-differentiable step's. TRPOLag keeps the plain step only.
 """
 from __future__ import annotations
 
@@ -17,10 +23,10 @@ from torch import Tensor
 
 from safemeta.algorithms.inner.base import InnerSolver, State, fvp_subsample_field, normalize
 from safemeta.algorithms.inner.natural_gradient import (backtracking_line_search, conjugate_gradient,
-                                                fisher_vector_product, flat_grad)
+                                                        fisher_vector_product, flat_grad, implicit_solve)
 from safemeta.batch import Batch
 from safemeta.config.schema import spec
-from safemeta.params import Params, detach
+from safemeta.params import Params, add, detach, unflat
 from safemeta.registry import register_inner
 
 
@@ -40,7 +46,9 @@ class TrustRegionSolver(InnerSolver):
     def step(self, params: Params, batch: Batch, state: State, differentiable: bool = False
              ) -> tuple[Params, State, dict[str, Tensor]]:
         if differentiable:
-            raise NotImplementedError(f"{type(self).__name__} has no differentiable step")
+            if not self.supports_differentiable:
+                raise NotImplementedError(f"{type(self).__name__} has no differentiable step")
+            return self.differentiable_step(params, batch, state)
         state = self.before_step(batch, state)
         adv = self.advantages(batch, state).detach()
         old = detach(params)
@@ -68,6 +76,43 @@ class TrustRegionSolver(InnerSolver):
                 **{k: v for k, v in state.items() if k != "cost_limit"}}
         return new, state, info
 
+    def differentiable_step(self, params: Params, batch: Batch, state: State
+                            ) -> tuple[Params, State, dict[str, Tensor]]:
+        """The same step with the graph kept to ``params`` (module docstring)."""
+        cfg = self.cfg
+        state = self.before_step(batch, state)
+        adv = self.advantages(batch, state).detach()
+        old, p = detach(params), params
+        surr = self.surrogate(p, batch, adv)
+        g = flat_grad(surr.sum(), p, create_graph=True)
+        surr_old = surr.detach()
+        fisher = self.fisher_batch(batch)
+
+        def make_fvp(q: Params, create_graph: bool):
+            return fisher_vector_product(lambda r: self.mean_kl(q, r, fisher, detach_old=not create_graph), q,
+                                         cfg.cg_damping, create_graph=create_graph)
+
+        x = implicit_solve(make_fvp, p, g, cfg.cg_iters)
+        xfx = (x * make_fvp(p, True)(x)).sum(-1).clamp(min=1e-12)
+        step = torch.sqrt(2 * cfg.max_kl / xfx).unsqueeze(-1) * x
+
+        def accept(cand: Params) -> Tensor:
+            kl = self.mean_kl(old, cand, batch)
+            return (kl <= cfg.max_kl) & (self.surrogate(cand, batch, adv) > surr_old)
+
+        searched, frac, ok = backtracking_line_search(old, step.detach(), accept, cfg.backtrack_decay,
+                                                      cfg.max_backtracks)
+        # the graph of theta_old + f beta x; the values are the line search's own candidate (f is stored in
+        # float32, which would move a float64 step by ~1e-8 after a backtrack)
+        moved = add(p, unflat(step, old), frac.to(step.dtype))
+        new = {k: searched[k] + (v - v.detach()) for k, v in moved.items()}
+        with torch.no_grad():
+            kl = self.mean_kl(old, new, batch)
+            improve = self.surrogate(new, batch, adv) - surr_old
+        info = {"kl": kl, "surrogate_gain": improve, "step_fraction": frac, "accepted": ok.float(),
+                **{k: v for k, v in state.items() if k != "cost_limit"}}
+        return new, state, info
+
     def before_step(self, batch: Batch, state: State) -> State:
         return state
 
@@ -75,6 +120,7 @@ class TrustRegionSolver(InnerSolver):
 @register_inner("trpo", "TRPO: natural gradient + KL trust region on the reward (unconstrained)")
 class TRPO(TrustRegionSolver):
     Config = TRPOConfig
+    supports_differentiable = True
 
     def advantages(self, batch: Batch, state: State) -> Tensor:
         return normalize(batch.adv_r)

@@ -10,7 +10,9 @@ An outer updater declares what it needs from a meta-iteration and performs the m
 
 Hooks let a method shape the inner loop without the trainer knowing the method:
 ``inner_overrides`` (per-task inner state such as a meta multiplier or step size) and
-``initial_critics`` (e.g. C-MAML starts every task's cost critic from a global one).
+``initial_critics`` (e.g. C-MAML starts every task's cost critic from a global one), and
+``inherited_state`` (the inner state meta-training learned, which a meta-test with ``eval.multipliers:
+inherit`` starts its fine-tuning solver from, whichever solver that is).
 """
 from __future__ import annotations
 
@@ -66,6 +68,11 @@ class OuterUpdater(ABC):
 
     def inner_overrides(self, tasks: list[Task]) -> dict[str, Tensor]:
         return {}
+
+    def inherited_state(self, tasks: list[Task]) -> dict[str, Tensor]:
+        """Inner-state values learned by meta-training (e.g. a multiplier), by state key; a meta-test that
+        inherits them passes those its fine-tuning solver has. Default: ``inner_overrides``."""
+        return self.inner_overrides(tasks)
 
     def initial_critics(self, n_tasks: int) -> CriticParams:
         return self.ctx.meta.critics_for(n_tasks)

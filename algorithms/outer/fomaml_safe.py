@@ -90,6 +90,10 @@ class FOMAMLSafe(FOMAML):
     def inner_overrides(self, tasks: list[Task]) -> dict[str, Tensor]:
         return {"lagrange": torch.tensor(self.lagrange)} if self.inner_has_lagrange else {}
 
+    def inherited_state(self, tasks: list[Task]) -> dict[str, Tensor]:
+        """The meta lambda, for any fine-tuning solver with a multiplier (not only the run's own)."""
+        return {"lagrange": torch.tensor(self.lagrange)}
+
     def safety_gradient(self, meta_batch: Batch) -> Tensor:
         """grad_theta E_{D^0}[ratio * A_C^{V_C}] of the meta-policy on its pooled rollouts, ``[1, P]``."""
         theta1 = {k: v.detach().unsqueeze(0).requires_grad_(True) for k, v in self.ctx.meta.theta.items()}

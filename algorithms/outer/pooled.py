@@ -33,6 +33,10 @@ class Pooled(OuterUpdater):
         super().__init__(cfg, ctx)
         self.state = ctx.inner.init_state(1, ctx.family.cost_limit_for("train"))
 
+    def inherited_state(self, tasks: list[Task]) -> dict[str, torch.Tensor]:
+        """The pooled solver's multiplier after training (TRPOLag's lambda), for the meta-test."""
+        return {"lagrange": self.state["lagrange"][0]} if "lagrange" in self.state else {}
+
     def update(self, result: AdaptationResult, tasks: list[Task]) -> dict[str, float]:
         batch = result.meta_batch
         theta = self.ctx.meta.theta

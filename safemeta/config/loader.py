@@ -262,7 +262,25 @@ def build_config(data: dict, source: dict[str, str]) -> Config:
     cfg.inner_cfg = _named_sections(v, data, "inner_cfg", registry.inner, cfg.inner)
     cfg.outer_cfg = _named_sections(v, data, "outer_cfg", registry.outer, cfg.outer)
     cfg.env_cfg = _named_sections(v, data, "env_cfg", registry.env, cfg.env)
+    if cfg.eval.inner and cfg.eval.inner not in registry.inner:
+        names = registry.inner.names()
+        raise UserError(f"Config key 'eval.inner'{v.where('eval.inner')}: '{cfg.eval.inner}' names no registered inner "
+                        f"solver. Valid: '' (each run's own solver), {', '.join(names)}."
+                        f"{suggest(cfg.eval.inner, names)}")
     return cfg
+
+
+def family_solver_config(env: str, inner: str) -> Any:
+    """Settings of inner solver ``inner`` on family ``env`` with no preset: its defaults under the family's
+    overlay (``configs/envs/<env>.yaml``, where it sets ``inner_cfg.<inner>``). The common-solver view of the
+    meta-test fine-tunes every row with these, so that only the initialization differs between rows."""
+    layers: list[Layer] = [(str(CONFIG_DIR / "defaults.yaml"), read_yaml(str(CONFIG_DIR / "defaults.yaml")))]
+    overlay = CONFIG_DIR / "envs" / f"{env}.yaml"
+    if Path(str(overlay)).is_file():
+        layers.append((str(overlay), read_yaml(str(overlay))))
+    data, source = merge(layers)
+    settings = (data.get("inner_cfg") or {}).get(inner) or {}
+    return Validator(source).build(registry.inner.get(inner).Config, settings, f"inner_cfg.{inner}.")
 
 
 def resolve_config(user_layers: list[Layer]) -> Config:

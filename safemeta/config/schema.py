@@ -79,12 +79,24 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    """Meta-test: held-out tasks (split test), fixed K adaptation steps, fixed env-step budget per step."""
+    """Meta-test (README "Meta-test protocol"): held-out tasks (split test) at the test cost limit, K fine-tuning
+    steps on a fixed env-step budget each, and after every step the handed-out policy scored on fresh episodes."""
 
-    tasks: int = spec(8, ge=1)
-    adapt_steps: int = spec(3, ge=0)
-    envs_per_task: int = spec(8, ge=1)
-    episodes_per_env: int = spec(1, ge=1)
+    tasks: int = spec(16, ge=1, doc="held-out tasks (split test); boards use at least 16")
+    adapt_steps: int = spec(3, ge=0, doc="K fine-tuning steps (each preset states its paper's: Meta-CPO 5, "
+                                         "C-MAML 10, Meta-SRL 5)")
+    envs_per_task: int = spec(8, ge=1, doc="envs of each fine-tuning step's batch")
+    episodes_per_env: int = spec(1, ge=1, doc="episodes per env of each fine-tuning step's batch")
+    episodes: int = spec(16, ge=1, doc="fresh evaluation episodes per task scoring the handed-out policy after "
+                                       "each step (never the batches it trained on)")
+    inner: str = spec("", doc="the fine-tuning solver: '' the run's own; a registered inner solver name fine-tunes "
+                              "every row with it at the family's settings (the common-solver view)")
+    multipliers: Literal["inherit", "fresh"] = spec(
+        "inherit", doc="inherit: the solver's state starts where meta-training left it where the method learned one "
+                       "(C-MAML's meta lambda, pretrained's lambda, Meta-SRL's step size); fresh: its defaults")
+    critics: Literal["inherit", "fresh"] = spec(
+        "inherit", doc="inherit: task critics start from the critics' initialization carried by meta-training; "
+                       "fresh: from a random init")
     seed: int = spec(1000, ge=0, doc="seed of the held-out task draw")
 
 
