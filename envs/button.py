@@ -4,7 +4,14 @@ Per task (from its layout seed): n_b buttons and n_h hazards placed in [-r_s, r_
 away from the spawn disk at the origin. Per step (Safety-Gym's button task):
     reward = (dist_{t-1} - dist_t) to the goal button + 1 when the goal button is touched,
 after which another button becomes the goal (drawn with the env's generator);
-    cost = 1 when touching a button that is not the goal + 1 inside a hazard.
+    cost = 1 when touching a button that is not the goal (while the buttons timer is 0) + 1 inside a hazard.
+Buttons timer (Safety-Gym's ``buttons_timer`` / Safety-Gymnasium 1.0.0's ``Buttons.timer``,
+``assets/geoms/buttons.py`` and ``tasks/safe_navigation/button/button_level0.py``): a press sets a per-env
+timer to ``resampling_delay`` (10 there); each later step first tests the button cost (charged only when the
+timer is 0), then counts the timer down by one, so the ``resampling_delay`` steps after a press pay no
+button cost (the robot still on the old goal, now a "wrong" button, paid about 9 per press at full speed
+without it), and the button lidar reads 0 while the timer is non-zero, as Safety-Gymnasium blanks
+``buttons_lidar`` (the goal-button lidar stays on). An episode reset sets the timer to 0.
 Task ranges (Meta-CPO): train (n_b, n_h) in [3, 6], r_s in [1.75, 2.0]; test (n_b, n_h) in [6, 10],
 r_s in [2.5, 3.0]; 1000-step episodes. Observation: proprioception + 16-bin lidar of the goal button,
 of all buttons and of the hazards.
@@ -38,6 +45,11 @@ class ButtonEnv(BatchedCMDP):
         hazards, hazard_mask = pad_objects(hazards, envs_per_task, self.device)
         self.n_buttons = self.button_mask.sum(1)
         self.goal = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        # buttons timer: steps left during which buttons cost nothing and the button lidar reads 0.
+        # ``_timer_live`` (a Python int) bounds max(button_timer): while it is 0 every timer is 0 and a step
+        # spends no tensor op on the timers (issue 16: at small batches a step costs its op count)
+        self.button_timer = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        self._timer_live = 0
         self.robot = Robot("point", self.num_envs, self.device)
         self.rows = torch.arange(self.num_envs, device=self.device)
         # observation: proprio | goal-button lidar | button lidar | hazard lidar; the goal button's reading
@@ -45,6 +57,7 @@ class ButtonEnv(BatchedCMDP):
         self.objects = PointObjects([(self.buttons, self.button_mask, PROPRIO_DIM + LIDAR_BINS),
                                      (hazards, hazard_mask, PROPRIO_DIM + 2 * LIDAR_BINS)])
         self.button_cols = self.objects.slices[0]
+        self.button_lidar = slice(PROPRIO_DIM + LIDAR_BINS, PROPRIO_DIM + 2 * LIDAR_BINS)
         self._lidar_zeros = torch.zeros(self.num_envs, self.obs_dim - PROPRIO_DIM, device=self.device)
 
     def _new_goal(self, mask: Tensor, avoid: Tensor | None = None) -> None:
@@ -64,6 +77,8 @@ class ButtonEnv(BatchedCMDP):
         pos = radius.unsqueeze(-1) * torch.stack([angle.cos(), angle.sin()], -1)
         self.robot.reset(mask, pos, (u[:, 2] * 2 - 1) * math.pi)
         self._new_goal(mask)
+        if self._timer_live:  # a new episode starts with its timer at 0 (Safety-Gymnasium's specific_reset)
+            self.button_timer = self.button_timer.masked_fill(mask, 0)
 
     def _observe(self) -> Tensor:
         r = self.robot
@@ -71,6 +86,8 @@ class ButtonEnv(BatchedCMDP):
         obs = r.proprio(self._lidar_zeros)
         obs.scatter_reduce_(1, bins + self.objects.column, value, reduce="amax")
         goal, buttons = self.goal.unsqueeze(1), self.button_cols
+        if self._timer_live:  # the button lidar is blank while an env's timer runs
+            obs[:, self.button_lidar] *= (self.button_timer == 0).unsqueeze(1)
         return obs.scatter_(1, bins[:, buttons].gather(1, goal) + PROPRIO_DIM, value[:, buttons].gather(1, goal))
 
     def _goal_distance(self) -> Tensor:
@@ -84,9 +101,17 @@ class ButtonEnv(BatchedCMDP):
         touching = dist[:, self.button_cols] < self.cfg.touch_radius
         reached = touching.gather(1, self.goal.unsqueeze(1)).squeeze(1)
         wrong = touching.scatter(1, self.goal.unsqueeze(1), False).any(1)
+        # Safety-Gymnasium's order: the button cost is tested with the timer as it stood before this step,
+        # then the timer counts down, then a press sets it to the delay
+        if self._timer_live:
+            wrong &= self.button_timer == 0
+            self.button_timer = self.button_timer.sub(1).clamp_(min=0)
+            self._timer_live -= 1
         cost = wrong.float() + (self.objects.nearest(self.robot.pos, 1) < self.cfg.hazard_radius).float()
         reward = reward + reached.float() * self.cfg.goal_bonus
         if bool(reached.any()):
+            self.button_timer = self.button_timer.masked_fill(reached, self.cfg.resampling_delay)
+            self._timer_live = self.cfg.resampling_delay
             self._new_goal(reached, avoid=self.goal)
         return reward, cost, torch.zeros_like(reached)
 
@@ -105,6 +130,8 @@ class PointButtonConfig:
     touch_radius: float = spec(0.25, gt=0)
     hazard_radius: float = spec(0.2, gt=0)
     goal_bonus: float = spec(1.0, ge=0)
+    resampling_delay: int = spec(10, ge=0, doc="buttons timer: steps after a press with no button cost and a "
+                                 "blank button lidar (Safety-Gym's buttons_resampling_delay, 10)")
     train: PointButtonSplit = field(default_factory=PointButtonSplit)
     test: PointButtonSplit = field(default_factory=lambda: PointButtonSplit((6, 10), (6, 10), (2.5, 3.0)))
 

@@ -7,7 +7,9 @@ n_h hazard disks, which are placed on an annulus around the circle from the task
 
 Task ranges (Meta-CPO, Table 1): point-circle train r_c in [1.0, 1.5], s in [0.65, 0.75]; test r_c in
 [2.0, 2.5], s in [0.55, 0.65]; 500-step episodes. car-circle-hazard train r_c in [0.7, 1.0], n_h in
-[3, 7]; test r_c in [1.2, 1.5], n_h in [7, 12]; cost limit 10 in training and 5 at test.
+[3, 7], s in [0.65, 0.75]; test r_c in [1.2, 1.5], n_h in [7, 12], s in [0.55, 0.65] (the wall factor is
+drawn per task as for point-circle; it was a fixed 0.8 before issue 18); cost limit 10 in training and 5
+at test.
 Observation: proprioception, 16-bin lidar of the circle centre, 16-bin wall lidar (+ hazard lidar).
 """
 from __future__ import annotations
@@ -110,6 +112,8 @@ class PointCircle(TaskFamily):
 class CarCircleHazardSplit:
     r_c: Range = spec((0.7, 1.0), gt=0, doc="circle radius")
     n_h: IntRange = spec((3, 7), ge=0, doc="number of hazards")
+    # s per task, as point-circle's: Meta-CPO (Cho & Sun, AAAI-24) Table 1, train [0.65, 0.75], test [0.55, 0.65]
+    s: Range = spec((0.65, 0.75), gt=0, doc="wall position as a fraction of r_c")
 
 
 @dataclass
@@ -117,10 +121,9 @@ class CarCircleHazardConfig:
     horizon: int = spec(500, ge=1)
     cost_limit: float = spec(10.0, ge=0, doc="d during meta-training")
     test_cost_limit: float = spec(5.0, ge=0, doc="d at meta-test (the paper tightens it)")
-    wall_fraction: float = spec(0.8, gt=0, doc="walls at +- wall_fraction * r_c")
     hazard_radius: float = spec(0.15, gt=0)
     train: CarCircleHazardSplit = field(default_factory=CarCircleHazardSplit)
-    test: CarCircleHazardSplit = field(default_factory=lambda: CarCircleHazardSplit((1.2, 1.5), (7, 12)))
+    test: CarCircleHazardSplit = field(default_factory=lambda: CarCircleHazardSplit((1.2, 1.5), (7, 12), (0.55, 0.65)))
 
 
 @register_env("car-circle-hazard", "Car robot runs a circle between walls among n_h hazards (Meta-CPO)")
@@ -133,8 +136,10 @@ class CarCircleHazard(TaskFamily):
 
     def sample_params(self, split: str, rng: np.random.Generator) -> dict:
         ranges = getattr(self.cfg, split)
-        return {"r_c": draw(rng, ranges.r_c), "n_h": draw(rng, ranges.n_h, integer=True),
-                "layout_seed": int(rng.integers(2**31))}
+        params = {"r_c": draw(rng, ranges.r_c), "n_h": draw(rng, ranges.n_h, integer=True),
+                  "layout_seed": int(rng.integers(2**31))}
+        params["s"] = draw(rng, ranges.s)  # drawn last: a seed still gives the tasks' r_c, n_h and layouts of before
+        return params
 
     def hazards(self, params: dict) -> np.ndarray:
         """Hazard centres on the annulus [0.7 r_c, 1.3 r_c], at least 2.5 hazard radii apart."""
@@ -154,5 +159,6 @@ class CarCircleHazard(TaskFamily):
 
     def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> CircleEnv:
         r_c = torch.tensor([t.params["r_c"] for t in tasks])
-        return CircleEnv("car", r_c, self.cfg.wall_fraction * r_c, [self.hazards(t.params) for t in tasks],
+        wall = r_c * torch.tensor([t.params["s"] for t in tasks])
+        return CircleEnv("car", r_c, wall, [self.hazards(t.params) for t in tasks],
                          self.cfg.hazard_radius, self.cfg.horizon, envs_per_task, device, seed)

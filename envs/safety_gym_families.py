@@ -42,7 +42,7 @@ Per family (base class in ``safety_gymnasium/tasks/safe_navigation/``):
     ``cost_out_of_boundary`` = |x| > s r_c.
   * ``agent.placements`` (set by ``CircleLevel0``) is narrowed to |x| <= min(0.8, s r_c - 0.1), so an
     episode never starts behind a wall (``Builder.reset`` asserts a zero starting cost).
-``sg-car-circle-hazard`` (the same, agent ``Car``; walls at +-``wall_fraction`` * r_c)
+``sg-car-circle-hazard`` (the same, agent ``Car``; walls at +-s r_c, s drawn per task as in ``car-circle-hazard``)
   * safety-gymnasium's circle levels have no hazards; they are added with the library's own object
     mechanism: ``_add_geoms(Hazards(num=n_h, size=hazard_radius, keepout=0, locations=...))``
     (``assets/geoms/hazards.py``). ``locations`` pins the n_h centres, drawn from the task's
@@ -363,7 +363,7 @@ class SGCarCircleHazard(_SafetyGymFamily, CarCircleHazard):
 
     def _configure(self, task: Any, params: dict) -> None:
         r_c = params["r_c"]
-        _circle_walls(task, r_c, self.cfg.wall_fraction * r_c, agent_keepout=0.3)
+        _circle_walls(task, r_c, params["s"] * r_c, agent_keepout=0.3)
         centres = self.hazards(params)
         task._add_geoms(_sg().Hazards(num=len(centres), size=self.cfg.hazard_radius, keepout=0.0,
                                       locations=[c for c in centres]))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from safemeta.envs.button import ButtonEnv
 from safemeta.envs.planar import LIDAR_BINS, PROPRIO_DIM, pad_objects, point_lidar, wall_lidar
 from safemeta.registry import env as env_registry
 from safemeta.task import Task, split_ranges
@@ -133,6 +134,90 @@ def test_hazard_and_button_costs_at_hand_placed_positions():
     assert float(venv.step(torch.zeros(1, 2))[2]) == 0.0
 
 
+# three buttons on the y axis, no hazards: a straight drive along y = 0 crosses button 0 only
+_BUTTONS = np.array([[0.0, 0.0], [0.0, 2.5], [0.0, -2.5]], dtype=np.float32)
+_NO_HAZARDS = np.zeros((0, 2), dtype=np.float32)
+
+
+def _button_env(envs_per_task):
+    fam = family("point-button")
+    venv = ButtonEnv([_BUTTONS], [_NO_HAZARDS], fam.cfg, envs_per_task, "cpu", 0)
+    venv.reset(0)
+    venv.goal = torch.zeros(envs_per_task, dtype=torch.long)
+    return fam, venv
+
+
+def test_driving_straight_through_the_goal_button_costs_nothing():
+    """Safety-Gym's buttons timer: after a press the buttons cost nothing for `resampling_delay` steps, so the
+    robot crossing the old goal (now a "wrong" button) at full speed pays nothing (it paid ~9 per press)."""
+    fam, venv = _button_env(1)
+    assert fam.cfg.resampling_delay == 10  # Safety-Gymnasium's Buttons.resampling_delay
+    _place(venv, [-0.62, 0.0])
+    venv.robot.heading = torch.tensor([0.0])
+    venv.robot.speed = torch.tensor([1.0])  # full speed (k_v / d_v): 0.05 per step
+    costs, on_old, pressed_at = [], [], None
+    for k in range(40):  # x from -0.62 through the button at the origin to +1.38
+        _, r, c, *_ = venv.step(torch.tensor([[1.0, 0.0]]))
+        if pressed_at is None and float(r) > 0.5:
+            pressed_at = k
+        costs.append(float(c))
+        on_old.append(float(venv.robot.pos[0].norm()) < fam.cfg.touch_radius)
+    assert pressed_at is not None and int(venv.goal) != 0
+    assert sum(on_old[pressed_at + 1:]) >= 8  # on the old goal, now a wrong button, for most of the timer
+    assert costs == [0.0] * 40
+
+
+def test_button_timer_lasts_the_delay_per_env_then_wrong_buttons_cost_again():
+    """Env 0 presses its goal and stays on it; env 1 sits on a wrong button from the start. Env 0 pays
+    nothing (and sees no button lidar) for exactly `resampling_delay` steps after the press, then 1 per step;
+    env 1 pays throughout. A reset clears the timer."""
+    fam, venv = _button_env(2)
+    delay = fam.cfg.resampling_delay
+    venv.robot.pos = torch.tensor(_BUTTONS[[0, 1]])  # env 0 on its goal, env 1 on a wrong button
+    buttons = slice(PROPRIO_DIM + LIDAR_BINS, PROPRIO_DIM + 2 * LIDAR_BINS)
+    obs, r, c, *_ = venv.step(torch.zeros(2, 2))
+    assert float(r[0]) >= 1.0 - 1e-5 and int(venv.goal[0]) != 0  # pressed: bonus, new goal
+    assert c.tolist() == [0.0, 1.0]
+    for _ in range(delay):  # the timer: env 0 on the old goal for free, its button lidar blank
+        assert not bool(obs[0, buttons].any()) and bool(obs[1, buttons].any())
+        obs, r, c, *_ = venv.step(torch.zeros(2, 2))
+        assert c.tolist() == [0.0, 1.0]
+    assert bool(obs[0, buttons].any())  # the timer has run out: buttons are seen again ...
+    for _ in range(3):  # ... and cost again
+        assert venv.step(torch.zeros(2, 2))[2].tolist() == [1.0, 1.0]
+    # a press, then a new episode: the timer does not carry over
+    venv.goal = torch.zeros(2, dtype=torch.long)
+    venv.robot.pos = torch.tensor(_BUTTONS[[0, 0]])
+    assert venv.step(torch.zeros(2, 2))[2].tolist() == [0.0, 0.0] and bool((venv.goal != 0).all())
+    venv.reset(1)
+    wrong = (venv.goal + 1) % 3
+    venv.robot.pos = torch.tensor(_BUTTONS)[wrong]
+    venv.robot.speed = torch.zeros(2)
+    venv.robot.yaw_rate = torch.zeros(2)
+    assert venv.step(torch.zeros(2, 2))[2].tolist() == [1.0, 1.0]
+
+
+def test_car_circle_walls_move_with_the_tasks_wall_factor():
+    """Meta-CPO's Table 1 draws the wall factor s per task for the circle tasks (train [0.65, 0.75], test
+    [0.55, 0.65]); the walls sit at +-s r_c, for the cost and for the wall lidar."""
+    fam = family("car-circle-hazard")
+    for split, (lo, hi) in (("train", (0.65, 0.75)), ("test", (0.55, 0.65))):
+        s = [t.params["s"] for t in fam.sample(200, split, np.random.default_rng(0))]
+        assert lo <= min(s) and max(s) <= hi and max(s) - min(s) > 0.08, split
+    tasks = [Task("car-circle-hazard", "train", i, {"r_c": 1.0, "n_h": 0, "layout_seed": 0, "s": s})
+             for i, s in enumerate((0.6, 0.7))]
+    venv = fam.make(tasks, 1, seed=0)
+    venv.reset(0)
+    torch.testing.assert_close(venv.wall, torch.tensor([0.6, 0.7]))
+    _place(venv, [0.65, 0.0])  # beyond the walls at 0.6, inside those at 0.7
+    venv.robot.heading = torch.zeros(2)
+    obs, _, cost, *_ = venv.step(torch.zeros(2, 2))
+    assert cost.tolist() == [1.0, 0.0]
+    walls = slice(PROPRIO_DIM + LIDAR_BINS, PROPRIO_DIM + 2 * LIDAR_BINS)
+    torch.testing.assert_close(obs[:, walls], wall_lidar(venv.robot.pos, venv.robot.heading, torch.tensor([0.6, 0.7])))
+    assert not torch.allclose(obs[0, walls], obs[1, walls])
+
+
 def test_point_lidar_matches_hand_computation():
     pos = torch.tensor([[1.0, 1.0]])
     heading = torch.tensor([math.pi / 2])  # facing +y
@@ -164,7 +249,8 @@ def _lidar_groups(name, fam, tasks, venv):
         buttons, hazards = zip(*(fam.layout(t) for t in tasks))
         objects, mask = pad(buttons)
         goal = objects[torch.arange(venv.num_envs), venv.goal].unsqueeze(1)
-        return [(0, goal, torch.ones(venv.num_envs, 1, dtype=torch.bool)), (1, objects, mask), (2, *pad(hazards))]
+        seen = mask & (venv.button_timer == 0).unsqueeze(1)  # the button lidar is blank while the timer runs
+        return [(0, goal, torch.ones(venv.num_envs, 1, dtype=torch.bool)), (1, objects, seen), (2, *pad(hazards))]
     layouts = [fam.layout(t) for t in tasks]  # point-goal: goal | hazards | pillars
     return [(g, *pad([lay[key] for lay in layouts])) for g, key in enumerate(("goal", "hazards", "pillars"))]
 

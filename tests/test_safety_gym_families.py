@@ -170,7 +170,8 @@ def test_circle_radius_and_walls_reach_the_simulator():
 @pytest.mark.safety_gym
 def test_car_circle_hazards_exist_are_pinned_and_cost():
     fam = _family(sgf.SGCarCircleHazard)
-    tasks = [_task(fam.name, r_c=0.8, n_h=3, layout_seed=1), _task(fam.name, r_c=1.4, n_h=11, layout_seed=2)]
+    tasks = [_task(fam.name, r_c=0.8, n_h=3, layout_seed=1, s=0.7),
+             _task(fam.name, r_c=1.4, n_h=11, layout_seed=2, s=0.6)]
     venv = fam.make(tasks, 1, seed=0)
     venv.reset(seed=0)
     for env, t in zip(venv.envs, tasks):
@@ -179,7 +180,7 @@ def test_car_circle_hazards_exist_are_pinned_and_cost():
         radii = np.linalg.norm(centres, axis=1)
         assert ((radii >= 0.7 * t.params["r_c"] - 1e-9) & (radii <= 1.3 * t.params["r_c"] + 1e-9)).all()
         np.testing.assert_allclose([p[:2] for p in env.task.hazards.pos], centres, atol=1e-6)
-        wall = fam.cfg.wall_fraction * t.params["r_c"]
+        wall = t.params["s"] * t.params["r_c"]
         assert sorted(env.task.model.body(n).pos[0] for n in _geoms(env, "sigwall")) == pytest.approx([-wall, wall])
         assert env.task.model.geom("circle").size[0] == pytest.approx(t.params["r_c"])
     venv.reset()  # a new episode keeps the task's hazards
@@ -190,7 +191,7 @@ def test_car_circle_hazards_exist_are_pinned_and_cost():
 
     env = venv.envs[1]
     m, d = env.task.model, env.task.data
-    inside = [c for c in fam.hazards(tasks[1].params) if abs(c[0]) < fam.cfg.wall_fraction * 1.4 - 0.1]
+    inside = [c for c in fam.hazards(tasks[1].params) if abs(c[0]) < tasks[1].params["s"] * 1.4 - 0.1]
     adr = m.joint("agent").qposadr[0]
     d.qpos[adr:adr + 2] = inside[0]
     mujoco.mj_forward(m, d)
