@@ -48,6 +48,25 @@ class Batch:
         return self.ep_cost if self.ep_cost_bonus is None else self.ep_cost + self.ep_cost_bonus
 
     @property
+    def step_in_episode(self) -> Tensor:
+        """``[N, T, E]`` long: t, the step's index within its episode (0 at each episode's first step). Every
+        collection starts with a reset, so an env's column starts an episode at T = 0 and after every end (not for
+        a subsample of time steps, `every`)."""
+        ends = self.terminated | self.truncated
+        starts = torch.ones_like(ends)
+        starts[:, 1:] = ends[:, :-1]
+        idx = torch.arange(ends.shape[1], device=ends.device).reshape(1, -1, 1).expand_as(ends)
+        last_start = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
+        return idx - last_start
+
+    def ep_discounted_constraint_cost(self, gamma: float) -> Tensor:
+        """``[N]`` the discounted constrained J from the start states: per finished episode sum_t gamma^t c_t
+        (c the constraint cost, C or C+), averaged over the finished episodes as ``ep_cost`` is."""
+        c = self.constraint_cost
+        discount = torch.pow(torch.as_tensor(gamma, dtype=c.dtype, device=c.device), self.step_in_episode.to(c.dtype))
+        return episode_means(c * discount, self.terminated, self.truncated)
+
+    @property
     def n_tasks(self) -> int:
         return self.obs.shape[0]
 

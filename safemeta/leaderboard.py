@@ -288,7 +288,7 @@ def write_board(family: str, methods: dict[tuple[str, str], Method], out: Path, 
                             if (x := (run.report.get("protocol") or {}).get("inherited"))})
         md += [f"## {title}", "", describe_protocol(protocol), ""]
         if inherited:
-            md += ["Inherited at the start of fine-tuning (mean over seeds' values): " + "; ".join(inherited) + ".", ""]
+            md += ["Inherited at the start of fine-tuning (one entry per seed): " + "; ".join(inherited) + ".", ""]
         md += _table(rows, names)
         md += ["", "Mean episode cost per fine-tuning step (95% CI):", "", *_per_step_table(rows, "cost"),
                "", "Mean episode return per fine-tuning step (95% CI):", "", *_per_step_table(rows, "return"),

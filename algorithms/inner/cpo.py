@@ -6,6 +6,13 @@ Per task, from the batch:
   episode, so that a^T x is a change of the episode cost J_C, in the units of b; ``cost_gradient: step``
   drops L, as OmniSafe's CPO does, whose linearized constraint is then L times steeper);
 - b = J_C - d, the batch's mean episode cost minus the task's cost limit;
+- with ``constraint: discounted`` (CPO's and Meta-CPO's eq. 3 form) J_C is instead the discounted cost
+  return from the start states, the mean over finished episodes of sum_t gamma_c^t c_t (gamma_c =
+  ``cost_gamma``, = ``critic.cost_gamma``), and a the gradient of 1/#episodes sum_t gamma_c^t ratio_t A_C,t
+  (centered), the policy gradient of that J_C in its units (`constraint_terms`). The default ``episode``
+  constrains what the meta-tests and boards score against d; at gamma_c = 0.99 a cost at step 500 weighs
+  0.007 in the discounted J_C, so on the 500-1000-step horizons a policy can meet a discounted budget d
+  while its episode cost is far above d;
 then the step x* of ``cpo_step.solve_cpo`` (all cases, recovery step of eq. 4 when infeasible) in the
 metric H = Fisher matrix (conjugate gradient with Fisher-vector products) or the identity
 (``metric: euclidean``, as the Meta-CPO code), followed by a backtracking line search that accepts the
@@ -59,6 +66,34 @@ class CPOConfig:
         "change of J_C, in the units of b (eq. 3); 'step' leaves it per step, as OmniSafe's CPO does "
         "(for cross-checks)")
     output: Literal["last", "feasible"] = output_field("last")
+    constraint: Literal["episode", "discounted"] = spec(
+        "episode", doc="what J_C in b = J_C - d is: 'episode', the undiscounted episode cost (what meta-tests score "
+        "against d); 'discounted', the discounted cost return from the start states, sum_t cost_gamma^t c_t, as "
+        "CPO and Meta-CPO's eq. 3 write it (a then in the same units); Meta-CPO's meta constraint follows it")
+    cost_gamma: float = spec(0.99, ge=0, le=1, doc="gamma_c of constraint 'discounted'; keep it equal to "
+                             "critic.cost_gamma, the discount of the cost advantages (dco_cpo refuses a mismatch)")
+
+
+def discounted_cost_advantages(batch: Batch, gamma: float) -> Tensor:
+    """``[N, T, E]``: gamma^t A_C (t the step's index in its episode), centered, times env steps per finished
+    episode. The surrogate E[ratio * this] is then 1/#episodes sum over steps of gamma^t ratio A_C (minus a
+    constant, so 0 at the sampling policy, as b's surrogate must be), whose gradient is the policy gradient of
+    the discounted J_C = E[sum_t gamma^t c_t] from the start states, in its units."""
+    steps_per_episode = batch.rew[0].numel() / batch.ep_count.clamp(min=1)
+    discount = torch.pow(torch.as_tensor(gamma, dtype=batch.adv_c.dtype), batch.step_in_episode.to(batch.adv_c.dtype))
+    return normalize(batch.adv_c * discount, center_only=True) * steps_per_episode.reshape(-1, 1, 1)
+
+
+def constraint_terms(batch: Batch, constraint: str = "episode", cost_gamma: float | None = None
+                     ) -> tuple[Tensor, Tensor]:
+    """(J_C ``[N]``, cost advantages ``[N, T, E]``) of a constraint b = J_C - d + E[ratio * A]: the episode
+    cost with `episode_cost_advantages`, or (``discounted``) the discounted cost return from the start states
+    with `discounted_cost_advantages`. Both pairs have the surrogate's gradient in the units of J_C."""
+    if constraint == "episode":
+        return batch.ep_constraint_cost, episode_cost_advantages(batch)
+    if constraint != "discounted" or cost_gamma is None:
+        raise ValueError(f"constraint '{constraint}' (episode, or discounted with a cost_gamma)")
+    return batch.ep_discounted_constraint_cost(cost_gamma), discounted_cost_advantages(batch, cost_gamma)
 
 
 @register_inner("cpo", "CPO: reward step in a trust region under a linearized cost constraint, recovery when infeasible")
@@ -72,6 +107,9 @@ class CPO(InnerSolver):
             raise UserError(f"inner_cfg.cpo.backend '{cfg.backend}' solves the subproblem with the Euclidean metric "
                             "only (it would need the dense Fisher matrix); set inner_cfg.cpo.metric=euclidean, "
                             "or use backend analytic for the Fisher metric.")
+        if cfg.constraint == "discounted" and cfg.cost_gradient == "step":
+            raise UserError("inner_cfg.cpo.cost_gradient 'step' applies to constraint 'episode' only; the discounted "
+                            "constraint's cost gradient is in its own units. Set inner_cfg.cpo.cost_gradient=episode.")
 
     def advantages(self, batch: Batch, state: State) -> Tensor:
         return normalize(batch.adv_r)
@@ -80,8 +118,10 @@ class CPO(InnerSolver):
              ) -> tuple[Params, State, dict[str, Tensor]]:
         cfg = self.cfg
         adv_r = self.advantages(batch, state).detach()
-        adv_c = (episode_cost_advantages(batch) if cfg.cost_gradient == "episode"
-                 else normalize(batch.adv_c, center_only=True)).detach()
+        j_c, adv_c = constraint_terms(batch, cfg.constraint, cfg.cost_gamma)
+        if cfg.cost_gradient == "step":
+            adv_c = normalize(batch.adv_c, center_only=True)
+        adv_c = adv_c.detach()
         p = params if differentiable else {k: v.requires_grad_(True) for k, v in detach(params).items()}
         old = detach(params)
         surr_r, surr_c = self.surrogate(p, batch, adv_r), self.surrogate(p, batch, adv_c)
@@ -89,7 +129,7 @@ class CPO(InnerSolver):
         a = flat_grad(surr_c.sum(), p, create_graph=differentiable, retain_graph=differentiable)
         # b(phi) = J_C - d + L_C(phi): its value is J_C - d at the sampling policy (the centered surrogate is
         # 0 there) and its gradient is a, so a differentiable step sees how b moves with the local parameters
-        b = (batch.ep_constraint_cost - state["cost_limit"]).to(g.dtype) + \
+        b = (j_c - state["cost_limit"]).to(g.dtype) + \
             (surr_c if differentiable else surr_c.detach())
         if cfg.metric == "fisher":
             fisher = self.fisher_batch(batch)

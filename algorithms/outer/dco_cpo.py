@@ -29,6 +29,25 @@ whose exact KL on D^0 is <= delta_theta (Fisher metric) and, with ``replay_line_
 *replayed* objectives (the K steps re-run from the candidate on the stored rollouts, `adaptation.replay`)
 do not lower F (except on a recovery step) and do not raise G beyond max(-G, 0).
 
+J_C is the one the local CPO steps constrain (``inner_cfg.cpo.constraint``, so that both levels constrain
+the same quantity): ``episode`` (the default) is the undiscounted episode cost; ``discounted`` is the
+paper's discounted J_C from the start states, the mean over D_p^K's finished episodes of sum_t gamma_c^t c_t
+with gamma_c = ``critic.cost_gamma`` (``inner_cfg.cpo.cost_gamma`` must equal it), and A_C then the
+gamma_c^t-weighted cost advantages, so that dG/dphi is the policy gradient of that J_C
+(`cpo.constraint_terms`). An inner solver without a ``constraint`` setting (Meta-TRPO's TRPO) gets
+``episode``. We keep ``episode`` as the default because d is an episode budget wherever it is judged here:
+the meta-tests and boards score the undiscounted episode cost against d (on car-circle h = 10 in training,
+5 at test). With gamma_c = 0.99 a discounted J_C weighs a cost at step 500 by 0.007, so on the 500-step
+circle and 1000-step goal/button horizons a policy can meet a discounted d = 5 while paying far more per
+episode. For costs >= 0 the discounted J_C is at most the episode cost, so the episode constraint is the
+stricter reading of the same d, and the one whose satisfaction the meta-test reports.
+
+The task critics (V_R, V_C) of every adaptation, in training and at meta-test, start from the critics'
+initialization that the trainer carries across iterations for every method (`OuterUpdater.initial_critics`,
+fitted on the meta-policy's pooled rollouts by `safemeta.model.fit_meta_critics`), not from a random init:
+the counterpart of the reference code's one persistent critic pair
+(``tests/test_meta_cpo.py::test_task_critics_start_from_the_carried_initialization``).
+
 What this implements differently from the public Meta-CPO code (each has a regression test in
 ``tests/test_meta_cpo_regressions.py``): the local learners are functional copies of theta, never the
 meta-policy object; every local step samples fresh rollouts of the current local policy; GAE stops at
@@ -46,12 +65,14 @@ import torch
 from torch import Tensor
 
 from safemeta.adaptation import AdaptationResult, replay
-from safemeta.algorithms.inner.base import InnerSolver, State, episode_cost_advantages
+from safemeta.algorithms.inner.base import InnerSolver, State
+from safemeta.algorithms.inner.cpo import constraint_terms
 from safemeta.algorithms.inner.cpo_step import solve_cpo
-from safemeta.algorithms.outer.base import OuterUpdater
+from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
 from safemeta.algorithms.outer.meta_optimizer import meta_fisher_solve
 from safemeta.batch import Batch
 from safemeta.config.schema import spec
+from safemeta.errors import UserError
 from safemeta.params import Params, add, flat, stack, unflat
 from safemeta.registry import register_outer
 from safemeta.task import Task
@@ -69,23 +90,27 @@ class DCOCPOConfig:
     replay_line_search: bool = spec(True, doc="check candidates by replaying the K steps on the stored rollouts")
 
 
-def post_adaptation_objectives(inner: InnerSolver, phi: Params, batch: Batch, state: State) -> tuple[Tensor, Tensor]:
-    """Per task ``[M]``: F_p, the reward surrogate the inner solver ascends, and G_p = J_C - d + cost surrogate."""
+def post_adaptation_objectives(inner: InnerSolver, phi: Params, batch: Batch, state: State,
+                               constraint: str = "episode", cost_gamma: float | None = None) -> tuple[Tensor, Tensor]:
+    """Per task ``[M]``: F_p, the reward surrogate the inner solver ascends, and G_p = J_C - d + cost surrogate
+    (J_C per ``constraint``: `cpo.constraint_terms`)."""
     f = inner.objective(phi, batch, state)
-    g = batch.ep_constraint_cost - state["cost_limit"] + \
-        inner.surrogate(phi, batch, episode_cost_advantages(batch).detach())
+    j_c, adv_c = constraint_terms(batch, constraint, cost_gamma)
+    g = j_c - state["cost_limit"] + inner.surrogate(phi, batch, adv_c.detach())
     return f, g
 
 
-def meta_gradients(inner: InnerSolver, theta: Params, result: AdaptationResult, first_order: bool = False
+def meta_gradients(inner: InnerSolver, theta: Params, result: AdaptationResult, first_order: bool = False,
+                   constraint: str = "episode", cost_gamma: float | None = None
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dF/dtheta, dG/dtheta) as ``[1, P]`` rows and the values (F, G), from an adaptation whose
     parameters keep their graph to the unstacked leaves ``theta`` (eq. 11). Nothing accumulates in
-    ``.grad``: each call computes the products afresh."""
+    ``.grad``: each call computes the products afresh. ``first_order`` gives the gradients in phi_p^K
+    (d phi / d theta dropped), averaged over the tasks."""
     phi = result.params[-1]
     if first_order:
         phi = {k: v.detach().requires_grad_(True) for k, v in phi.items()}
-    f, g = post_adaptation_objectives(inner, phi, result.batches[-1], result.state)
+    f, g = post_adaptation_objectives(inner, phi, result.batches[-1], result.state, constraint, cost_gamma)
     wrt = phi if first_order else theta
     rows = []
     for value in (f.mean(), g.mean()):
@@ -100,19 +125,31 @@ class DCOCPO(OuterUpdater):
     Config = DCOCPOConfig
     needs_differentiable = True
 
+    def __init__(self, cfg: DCOCPOConfig, ctx: OuterContext):
+        super().__init__(cfg, ctx)
+        gamma, inner_cfg = ctx.cfg.critic.cost_gamma, ctx.inner.cfg
+        constraint = getattr(inner_cfg, "constraint", "episode")
+        if constraint == "discounted" and abs(inner_cfg.cost_gamma - gamma) > 1e-12:
+            raise UserError(f"inner_cfg.{ctx.cfg.inner}.cost_gamma ({inner_cfg.cost_gamma}) differs from "
+                            f"critic.cost_gamma ({gamma}), the discount of the cost advantages and of Meta-CPO's "
+                            "meta constraint: set them equal for constraint 'discounted'.")
+        # J_C of the meta constraint G, as the local steps measure it (`cpo.constraint_terms`)
+        self.constraint = {"constraint": constraint, "cost_gamma": gamma}
+
     def replayed_objectives(self, theta1: Params, result: AdaptationResult) -> tuple[Tensor, Tensor]:
         """(F, G) after re-running the K steps from ``theta1`` ``[1, ...]`` on the stored rollouts."""
         n = result.batches[-1].n_tasks
         phi = replay(self.ctx.inner, {k: v.expand(n, *v.shape[1:]) for k, v in theta1.items()},
                      result.batches[:-1], dict(result.initial_state))
         with torch.no_grad():
-            f, g = post_adaptation_objectives(self.ctx.inner, phi, result.batches[-1], result.state)
+            f, g = post_adaptation_objectives(self.ctx.inner, phi, result.batches[-1], result.state, **self.constraint)
         return f.mean(), g.mean()
 
     def shard_terms(self, result: AdaptationResult) -> dict[str, Tensor]:
         """eq. 11's task means times the shard's task count, so that shards' terms add up."""
         n = result.batches[-1].n_tasks
-        terms = meta_gradients(self.ctx.inner, self.ctx.meta.theta, result, self.cfg.meta_grad == "first_order")
+        terms = meta_gradients(self.ctx.inner, self.ctx.meta.theta, result, self.cfg.meta_grad == "first_order",
+                               **self.constraint)
         return {name: value * n for name, value in zip(("grad_f", "grad_g", "f", "g"), terms)} | {
             "n": torch.tensor(float(n))}
 
@@ -123,7 +160,8 @@ class DCOCPO(OuterUpdater):
             t = result.meta_terms
             grad_f, grad_g, f_val, g_val = (t[k] / t["n"] for k in ("grad_f", "grad_g", "f", "g"))
         else:
-            grad_f, grad_g, f_val, g_val = meta_gradients(inner, theta, result, cfg.meta_grad == "first_order")
+            grad_f, grad_g, f_val, g_val = meta_gradients(inner, theta, result, cfg.meta_grad == "first_order",
+                                                          **self.constraint)
         theta1 = {k: v.detach().unsqueeze(0) for k, v in theta.items()}
         meta_batch = result.batches[0].pooled()  # the meta-policy's own rollouts, all tasks as one
         if cfg.metric == "fisher":
