@@ -51,3 +51,27 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "safemeta.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)
+
+
+def double_batch(batch):
+    """``batch`` with its floating-point fields in float64 (finite-difference checks)."""
+    from dataclasses import fields, replace
+
+    return replace(batch, **{f.name: getattr(batch, f.name).double() for f in fields(batch)
+                             if getattr(batch, f.name) is not None and getattr(batch, f.name).is_floating_point()})
+
+
+def fixed_adaptation(trainer, tasks: int, steps: int, seed: int = 3):
+    """``steps`` + 1 batches of ``tasks`` tiny-nav tasks collected by one real adaptation of ``trainer``'s meta-
+    policy (4 envs each), in float64, with the inner state they started from and theta in float64: fixed
+    rollouts on which `safemeta.adaptation.replay` makes the post-adaptation objective a function of theta."""
+    import numpy as np
+
+    from safemeta.model import stacked_theta
+
+    venv = trainer.family.make(trainer.family.sample(tasks, "train", np.random.default_rng(seed)), 4, "cpu", seed)
+    state = trainer.inner.init_state(tasks, trainer.family.cost_limit_for("train"))
+    result = trainer.adapter.adapt(stacked_theta(trainer.meta, tasks), venv, steps, state,
+                                   trainer.meta.critics_for(tasks), 1, torch.Generator().manual_seed(seed))
+    theta = {k: v.detach().double() for k, v in trainer.meta.theta.items()}
+    return [double_batch(b) for b in result.batches], state, theta

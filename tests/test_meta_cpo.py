@@ -4,7 +4,7 @@ one against the task-mean policy gradient at phi computed by hand; the backends 
 step respects its trust region and linearized constraint (Euclidean), and in the Fisher metric with the replay
 line search its KL bound and acceptance rule, shortening the steps that break them; task critics start from the
 carried initialization; the discounted constraint against a hand computation."""
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +12,6 @@ import torch
 
 from safemeta.adaptation import AdaptationResult, replay
 from safemeta.algorithms.outer.dco_cpo import meta_gradients, post_adaptation_objectives
-from safemeta.model import stacked_theta
 from safemeta.params import flat, stack, unflat
 from safemeta.trainer import MetaTrainer
 
@@ -21,11 +20,6 @@ BACKENDS = [("analytic", "fisher"), ("analytic", "euclidean"), ("cvxpylayers", "
 # the Fisher path two ways: CG solves differentiated implicitly (exact for a converged CG: 200 iterations here)
 # and by backpropagating through 10 CG iterations (the gradient of exactly the function evaluated)
 FISHER = {"implicit": {"cg_grad": "implicit", "cg_iters": 200}, "unrolled": {"cg_grad": "unrolled", "cg_iters": 10}}
-
-
-def _double(batch):
-    return replace(batch, **{f.name: getattr(batch, f.name).double() for f in fields(batch)
-                             if getattr(batch, f.name) is not None and getattr(batch, f.name).is_floating_point()})
 
 
 def _trainer(make_config, backend="analytic", metric="fisher", cost_limit=None, cg=None, **outer):
@@ -44,15 +38,10 @@ def _trainer(make_config, backend="analytic", metric="fisher", cost_limit=None, 
 @pytest.fixture(scope="module")
 def fixed_rollouts(tmp_path_factory):
     """K + 1 batches of M tiny-nav tasks collected by one real adaptation, in float64, and theta."""
-    from conftest import tiny_config
+    from conftest import fixed_adaptation, tiny_config
 
     t = _trainer(lambda **o: tiny_config(tmp_path_factory.mktemp("mc"), **o))
-    venv = t.family.make(t.family.sample(M, "train", np.random.default_rng(3)), 4, "cpu", 3)
-    state = t.inner.init_state(M, t.family.cost_limit_for("train"))
-    result = t.adapter.adapt(stacked_theta(t.meta, M), venv, K, state, t.meta.critics_for(M), 1,
-                             torch.Generator().manual_seed(3))
-    theta = {k: v.detach().double() for k, v in t.meta.theta.items()}
-    return t, [_double(b) for b in result.batches], state, theta
+    return (t, *fixed_adaptation(t, M, K))
 
 
 def _post_adaptation(t, theta, batches, state, differentiable):

@@ -3,7 +3,7 @@ finite differences of the replayed F with the rollouts held fixed; the different
 the plain step's; the meta step stays in its KL trust region; the preset trains, also sharded (the meta step
 from the shards' summed terms); a non-differentiable inner is refused."""
 import json
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,16 +15,10 @@ from safemeta.algorithms.inner.trpo import TRPO, TRPOConfig
 from safemeta.algorithms.inner.trpolag import TRPOLag, TRPOLagConfig
 from safemeta.algorithms.outer.dco_cpo import meta_gradients, post_adaptation_objectives
 from safemeta.errors import UserError
-from safemeta.model import stacked_theta
 from safemeta.params import flat, stack, unflat
 from safemeta.trainer import MetaTrainer
 
 K, M = 2, 2
-
-
-def _double(batch):
-    return replace(batch, **{f.name: getattr(batch, f.name).double() for f in fields(batch)
-                             if getattr(batch, f.name) is not None and getattr(batch, f.name).is_floating_point()})
 
 
 def _trainer(make_config, inner=None, **outer):
@@ -40,15 +34,10 @@ def _trainer(make_config, inner=None, **outer):
 @pytest.fixture(scope="module")
 def fixed_rollouts(tmp_path_factory):
     """K + 1 batches of M tiny-nav tasks collected by one real adaptation, in float64, and theta."""
-    from conftest import tiny_config
+    from conftest import fixed_adaptation, tiny_config
 
     t = _trainer(lambda **o: tiny_config(tmp_path_factory.mktemp("mt"), **o))
-    venv = t.family.make(t.family.sample(M, "train", np.random.default_rng(3)), 4, "cpu", 3)
-    state = t.inner.init_state(M, t.family.cost_limit_for("train"))
-    result = t.adapter.adapt(stacked_theta(t.meta, M), venv, K, state, t.meta.critics_for(M), 1,
-                             torch.Generator().manual_seed(3))
-    theta = {k: v.detach().double() for k, v in t.meta.theta.items()}
-    return t, [_double(b) for b in result.batches], state, theta
+    return (t, *fixed_adaptation(t, M, K))
 
 
 def _post_adaptation(t, theta, batches, state, differentiable):

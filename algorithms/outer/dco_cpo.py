@@ -59,7 +59,7 @@ gradient accumulates across calls).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -153,6 +153,28 @@ class DCOCPO(OuterUpdater):
         return {name: value * n for name, value in zip(("grad_f", "grad_g", "f", "g"), terms)} | {
             "n": torch.tensor(float(n))}
 
+    def line_search(self, theta1: Params, step: Tensor, meta_batch: Batch,
+                    replay_ok: Callable[[Params], bool] | None) -> tuple[float, Tensor]:
+        """Backtrack ``theta1 + decay^j step`` until the meta-policy's KL on ``meta_batch`` is <= delta_theta
+        (Fisher metric) and ``replay_ok`` (the replayed objectives' rule) holds; theta takes the first such
+        candidate. Returns the fraction taken (0: none, theta unchanged) and the last candidate's KL."""
+        cfg = self.cfg
+        frac, kl = 0.0, torch.zeros(())
+        for j in range(cfg.max_backtracks):
+            cand = add(theta1, unflat(step, theta1), cfg.backtrack_decay**j)
+            with torch.no_grad():
+                kl = self.ctx.inner.mean_kl(theta1, cand, meta_batch)[0]
+            ok = cfg.metric != "fisher" or bool(kl <= cfg.max_kl)
+            if ok and replay_ok is not None:
+                ok = replay_ok(cand)
+            if ok:
+                frac = cfg.backtrack_decay**j
+                with torch.no_grad():
+                    for k, p in self.ctx.meta.theta.items():
+                        p.copy_(cand[k][0])
+                break
+        return frac, kl
+
     def update(self, result: AdaptationResult, tasks: list[Task]) -> dict[str, float]:
         cfg, inner = self.cfg, self.ctx.inner
         theta = self.ctx.meta.theta
@@ -174,21 +196,11 @@ class DCOCPO(OuterUpdater):
         recovery = bool(sol.case[0] == 0)
         if cfg.replay_line_search:
             f0, g0 = self.replayed_objectives(theta1, result)
-        frac, kl = 0.0, torch.zeros(())
-        for j in range(cfg.max_backtracks):
-            cand = add(theta1, unflat(sol.step, theta1), cfg.backtrack_decay**j)
-            with torch.no_grad():
-                kl = inner.mean_kl(theta1, cand, meta_batch)[0]
-            ok = cfg.metric != "fisher" or bool(kl <= cfg.max_kl)
-            if ok and cfg.replay_line_search:
-                f1, g1 = self.replayed_objectives(cand, result)
-                ok = bool(g1 - g0 <= torch.clamp(-b[0], min=0.0)) and (recovery or bool(f1 >= f0))
-            if ok:
-                frac = cfg.backtrack_decay**j
-                with torch.no_grad():
-                    for k, p in theta.items():
-                        p.copy_(cand[k][0])
-                break
+        def replay_ok(cand: Params) -> bool:
+            f1, g1 = self.replayed_objectives(cand, result)
+            return bool(g1 - g0 <= torch.clamp(-b[0], min=0.0)) and (recovery or bool(f1 >= f0))
+
+        frac, kl = self.line_search(theta1, sol.step, meta_batch, replay_ok if cfg.replay_line_search else None)
         return {"meta_grad_norm": float(grad_f.norm()), "meta/cost_grad_norm": float(grad_g.norm()),
                 "meta/F": float(f_val), "meta/G": float(g_val), "meta/case": float(sol.case[0]),
                 "meta/step_fraction": frac, "meta/kl": float(kl) if frac > 0 else 0.0}

@@ -31,7 +31,6 @@ from safemeta.adaptation import AdaptationResult
 from safemeta.algorithms.outer.dco_cpo import DCOCPO, DCOCPOConfig, meta_gradients
 from safemeta.algorithms.outer.meta_optimizer import meta_fisher_solve
 from safemeta.config.schema import spec
-from safemeta.params import add, unflat
 from safemeta.registry import register_outer
 from safemeta.task import Task
 
@@ -62,19 +61,8 @@ class DCOTRPO(DCOCPO):
         step = torch.sqrt(2 * cfg.max_kl / (grad_f * hinv_f).sum().clamp(min=1e-12)) * hinv_f
         if cfg.replay_line_search:
             f0, _ = self.replayed_objectives(theta1, result)
-        frac, kl = 0.0, torch.zeros(())
-        for j in range(cfg.max_backtracks):
-            cand = add(theta1, unflat(step, theta1), cfg.backtrack_decay**j)
-            with torch.no_grad():
-                kl = inner.mean_kl(theta1, cand, meta_batch)[0]
-            ok = not fisher or bool(kl <= cfg.max_kl)
-            if ok and cfg.replay_line_search:
-                ok = bool(self.replayed_objectives(cand, result)[0] >= f0)
-            if ok:
-                frac = cfg.backtrack_decay**j
-                with torch.no_grad():
-                    for k, p in theta.items():
-                        p.copy_(cand[k][0])
-                break
+        replay_ok = (lambda cand: bool(self.replayed_objectives(cand, result)[0] >= f0)) if cfg.replay_line_search \
+            else None
+        frac, kl = self.line_search(theta1, step, meta_batch, replay_ok)
         return {"meta_grad_norm": float(grad_f.norm()), "meta/F": float(f_val), "meta/G": float(g_val),
                 "meta/step_fraction": frac, "meta/kl": float(kl) if frac > 0 else 0.0}
