@@ -44,8 +44,8 @@ class DualDICEResult:
 
 
 def tabular_dualdice(n_states: int, n_actions: int, s: np.ndarray, a: np.ndarray, s_next: np.ndarray,
-                     s0: np.ndarray, pi: np.ndarray, gamma: float, ridge: float = 1e-10, p: float = 2.0
-                     ) -> DualDICEResult:
+                     s0: np.ndarray, pi: np.ndarray, gamma: float, ridge: float = 1e-10, p: float = 2.0,
+                     lbfgs_start: str | None = None) -> DualDICEResult:
     """The DualDICE saddle point with table-valued nu and zeta and f(x) = |x|^p / p.
 
     With x_i = e_{s_i a_i} - gamma sum_a' pi(a'|s'_i) e_{s'_i a'}, C = 1/n sum_i e_{s_i a_i} x_i^T, the
@@ -57,6 +57,8 @@ def tabular_dualdice(n_states: int, n_actions: int, s: np.ndarray, a: np.ndarray
     Any p > 1: the inner maximum per (s, a) is still closed-form, zeta = f'(xbar) with xbar = D^-1 C nu and
     f'(x) = sign(x) |x|^(p-1), worth d_hat f(xbar); the outer problem min_nu sum d_hat f(xbar) - (1 - gamma)
     m0^T nu (+ ridge |nu|^2 / 2) is convex and is solved by L-BFGS from the p = 2 solution.
+    ``lbfgs_start="zero"`` runs L-BFGS from nu = 0 instead, for every p (2 included): a check of the
+    iterative solver that does not start it at the answer.
     """
     if p <= 1:
         raise ValueError(f"DualDICE needs p > 1 (f(x) = |x|^p / p strictly convex), got p={p}")
@@ -74,7 +76,11 @@ def tabular_dualdice(n_states: int, n_actions: int, s: np.ndarray, a: np.ndarray
     np.add.at(m0, (s0[:, None] * n_actions + np.arange(n_actions)).ravel(), (pi[s0] / len(s0)).ravel())
     d_inv = n / np.maximum(counts, 1.0)
     nu = np.linalg.solve(c.T @ (d_inv[:, None] * c) + ridge * np.eye(sa), (1.0 - gamma) * m0)
-    if p != 2.0:
+    if lbfgs_start not in (None, "zero"):
+        raise ValueError(f"lbfgs_start must be None or 'zero', got {lbfgs_start!r}")
+    if lbfgs_start == "zero":
+        nu = np.zeros(sa)
+    if p != 2.0 or lbfgs_start == "zero":
         nu = _minimize_dual(torch.from_numpy(c), torch.from_numpy(counts / n), torch.from_numpy(d_inv),
                             torch.from_numpy((1.0 - gamma) * m0), torch.from_numpy(nu), p, ridge).numpy()
     xbar = d_inv * (c @ nu)

@@ -3,7 +3,8 @@
     for t = 1 .. T:
         task_t ~ family (train split)                      the sequence, drawn with the run's seed
         phi_t, alpha_t = learner.propose()
-        pi_hat_t = CRPO for M steps from phi_t, step alpha_t on task_t (collecting episodes)
+        pi_hat_t = CRPO for M steps from phi_t, step alpha_t on task_t (collecting episodes), the
+                   iterate its output rule hands out (``output``; default: the latest within d + eta)
         gap_t = J_r*(task_t) - J_r(pi_hat_t),  viol_t = max(0, J_c(pi_hat_t) - d)     (exact: LP optimum)
         learner.observe(pi_hat_t, the transitions)
     TAOG_t = mean_{tau <= t} gap_tau,  TACV_t = mean_{tau <= t} viol_tau
@@ -20,7 +21,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from safemeta.algorithms.meta_srl.tabular_crpo import crpo, softmax
 from safemeta.config.loader import Validator, read_yaml
 from safemeta.config.schema import spec
 from safemeta.errors import UserError
-from safemeta.tabular import evaluate, solve_constrained, state_occupancy
+from safemeta.tabular import TabularCMDP, q_values, solve_constrained, state_occupancy
 from safemeta.tracking import atomic_write_text
 
 
@@ -45,6 +46,9 @@ class OnlineConfig:
     steps: int = spec(5, ge=1, doc="M, CRPO steps per task")
     alpha0: float = spec(2e-3, gt=0, doc="CRPO step size of the baselines, and alpha_1 of learners that learn it")
     tolerance: float = spec(0.0, ge=0, doc="CRPO's eta: cost step when J_c > d + eta")
+    output: Literal["feasible", "uniform", "last"] = spec(
+        "feasible", doc="CRPO's handed-out iterate (scored, and learned from): the latest within d + eta, one "
+                        "drawn uniformly from the reward-step iterates N_0 (Algorithm 1), or the last")
     episodes: int = spec(20, ge=1, doc="episodes collected per CRPO step (the data DualDICE sees)")
     horizon: int | None = spec(None, doc="episode length of the collected data (default: the family's)")
     pretrain_steps: int = spec(300, ge=1, doc="CRPO steps of the pretrained baseline on its one task")
@@ -81,7 +85,7 @@ def run_online(cfg: OnlineConfig, learner_cfg: Any, family: Any, on_task=None) -
     def pretrain(r: np.random.Generator) -> np.ndarray:
         cmdp = family.cmdp(family.sample(1, "train", r)[0])
         return crpo(cmdp, np.zeros((cmdp.n_states, cmdp.n_actions)), cfg.alpha0, cfg.pretrain_steps, d,
-                    cfg.tolerance, 1, 1, r).logits
+                    cfg.tolerance, 1, 1, r, cfg.output).logits
 
     ctx = OnlineContext(probe.n_states, probe.n_actions, probe.gamma, cfg.steps, cfg.alpha0, learner_rng, pretrain)
     learner = registry.online.get(cfg.learner)(learner_cfg, ctx)
@@ -92,9 +96,9 @@ def run_online(cfg: OnlineConfig, learner_cfg: Any, family: Any, on_task=None) -
         cmdp = family.cmdp(task)
         optimum = solve_constrained(cmdp, d)
         phi, alpha = learner.propose()
-        run = crpo(cmdp, phi, alpha, cfg.steps, d, cfg.tolerance, cfg.episodes, horizon, crpo_rng)
-        j_r, j_c = evaluate(cmdp, run.policy)
-        j_r0, j_c0 = evaluate(cmdp, softmax(phi))
+        run = crpo(cmdp, phi, alpha, cfg.steps, d, cfg.tolerance, cfg.episodes, horizon, crpo_rng, cfg.output)
+        j_r, j_c = run.returns[run.out_index]  # exact returns of the handed-out iterate
+        j_r0, j_c0 = run.returns[0]
         gaps.append(optimum.J_r - j_r)
         viols.append(max(0.0, j_c - d))
         if hasattr(learner, "oracle_visitation"):
@@ -102,19 +106,36 @@ def run_online(cfg: OnlineConfig, learner_cfg: Any, family: Any, on_task=None) -
         info = learner.observe(run, phi, alpha)
         row = {"t": t, "gap": gaps[-1], "violation": viols[-1], "taog": float(np.mean(gaps)),
                "tacv": float(np.mean(viols)), "alpha": alpha, "J_r": j_r, "J_c": j_c, "J_r_opt": optimum.J_r,
-               "J_r_init": j_r0, "J_c_init": j_c0, "cost_steps": run.cost_steps,
+               "J_r_init": j_r0, "J_c_init": j_c0, "cost_steps": run.cost_steps, "out_index": run.out_index,
+               "gap_last": optimum.J_r - run.returns[-1][0], "J_c_last": run.returns[-1][1],
                **{f"learner/{k}": float(v) for k, v in info.items()}}
-        if "learner/distance" in row:  # how far the DualDICE visitation is from the exact one (tabular only)
-            exact = state_occupancy(cmdp, run.policy)
-            from safemeta.algorithms.meta_srl.online_dualdice import distance_term, estimated_visitation
+        if "learner/distance" in row:  # the estimates against the truth (tabular only; the learner never sees it)
+            from safemeta.algorithms.meta_srl.online_dualdice import distance_term
 
-            d_hat, _ = estimated_visitation(run, cmdp.n_states, cmdp.n_actions, cmdp.gamma)
-            row["learner/visitation_tv"] = 0.5 * float(np.abs(d_hat - exact).sum())
+            exact = state_occupancy(cmdp, run.policy)
+            if getattr(learner, "last_visitation", None) is not None:
+                row["learner/visitation_tv"] = 0.5 * float(np.abs(learner.last_visitation - exact).sum())
             row["learner/distance_exact_visitation"] = distance_term(exact, run.policy, phi)
+            # D*_t(phi_t): the distance term against the optimum nearest to phi_t, what D_hat_t + eps_t^2 estimates
+            near = nearest_optimum(cmdp, optimum.pi, phi)
+            row["learner/distance_optimum"] = distance_term(state_occupancy(cmdp, near), near, phi)
         rows.append(row)
         if on_task is not None:
             on_task(row)
     return rows
+
+
+def nearest_optimum(cmdp: TabularCMDP, pi_star: np.ndarray, phi: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """The optimal policy that the within-task bound's distance term should compare phi with: ``pi_star``
+    (an LP optimum, deterministic at every state by its basic solution) with pi_phi at the states where
+    Q_r^{pi*}(s, .) and Q_c^{pi*}(s, .) are flat over the actions. There every action has the same returns
+    and costs, so by the performance-difference lemma the changed policy has the same J_r and J_c (still
+    optimal and feasible), and the LP's arbitrary pick there (log |A| of KL from a uniform phi at the
+    absorbing goal of tabular-gridworld, ~90% of the discounted visitation) does not count as distance."""
+    qr, qc = q_values(cmdp, pi_star, "r"), q_values(cmdp, pi_star, "c")
+    flat = (np.ptp(qr, axis=-1) <= tol * max(1.0, float(np.abs(qr).max()))) & \
+           (np.ptp(qc, axis=-1) <= tol * max(1.0, float(np.abs(qc).max())))
+    return np.where(flat[:, None], softmax(phi), pi_star)
 
 
 # -- grids and the board ------------------------------------------------------------------------------

@@ -2,8 +2,12 @@
 
     tasks 1..T ~ family (train split);  references: CRPO for ``reference_steps`` steps from a fresh init
     on all T tasks at once (batched), J_ref_t = the best return among its iterates whose cost is <= d
-    for t = 1..T:  theta_t, alpha_t from the learner;  M CRPO steps on task t;  pi_hat_t's rollout gives
-                   J_hat_t and C_hat_t;  gap_t = J_ref_t - J_hat_t,  viol_t = max(0, C_hat_t - d)
+    for t = 1..T:  theta_t, alpha_t from the learner;  M CRPO steps on task t (and a rollout of theta_M);
+                   pi_hat_t = the iterate CRPO hands out (its output rule, ``inner_cfg.crpo.output``: by
+                   default the latest whose own batch estimated its cost within d + eta, as Algorithm 1
+                   outputs from N_0);  a fresh evaluation rollout of pi_hat_t gives J_hat_t and C_hat_t
+                   (fresh: the batch that selected pi_hat_t would bias its cost low);
+                   gap_t = J_ref_t - J_hat_t,  viol_t = max(0, C_hat_t - d)
 
 Returns and costs are undiscounted episode means of rollouts (the trainer's own statistics), so the gap
 is an estimate against a long-trained reference, not the exact LP gap of the tabular protocol
@@ -14,17 +18,17 @@ is an estimate against a long-trained reference, not the exact LP gap of the tab
 * ``pretrained``: preset pretrained with CRPO, trained for ``pretrain_iters`` meta-iterations before the
   sequence, reused as every task's start;
 * ``fal`` (follow the average leader): theta_t = the mean of the past tasks' adapted *parameters*;
-* ``averaging``: the policy closest in KL to the uniform mixture of the past final *policies*
+* ``averaging``: the policy closest in KL to the uniform mixture of the past handed-out *policies*
   pi_hat_1 .. pi_hat_{t-1}, i.e. (follow the leader) theta_t approximately minimizes
   L_t(theta) = (1/(t-1)) sum_{tau<t} E_{s ~ S_tau} KL(pi_hat_tau(.|s) || pi_theta(.|s)),
-  S_tau a uniform subsample (``AVERAGING_STATES``) of the states of pi_hat_tau's final rollout (at a state
+  S_tau a uniform subsample (``AVERAGING_STATES``) of the states of pi_hat_tau's own rollout (at a state
   shared by all tau this is KL(mixture || pi_theta) up to a constant: the mixture's M-projection). It runs
-  meta_srl's distillation budget, ``distill_iters`` Adam steps at the constant rate ``lr_phi`` (of
-  ``learner_cfg``, default online_dualdice's), from a fresh Adam warm-started at theta_{t-1}; theta_1 is
-  the shared init (as for ``fal``). It differs from meta_srl's update of phi by uniform state weights
-  (meta_srl weights by the DualDICE-estimated visitation d_hat_t), by averaging all past tasks (follow
-  the leader; meta_srl takes one OGD step on D_hat_t, the last task only) and by a fixed alpha (the
-  tabular counterpart: `safemeta.algorithms.meta_srl.baselines`, ``averaging``).
+  meta_srl's distillation (`safemeta.algorithms.outer.online_dualdice.distill_mixture`, with the
+  ``distill_iters``, ``lr_phi``, ``distill_tol`` and ``leader_check_iters`` of ``learner_cfg``, default
+  online_dualdice's: Adam to convergence) from a fresh Adam warm-started at theta_{t-1}; theta_1 is the
+  shared init (as for ``fal``). It differs from meta_srl's update of phi (the same leader, issue 18) only
+  by uniform state weights (meta_srl draws S_tau from the DualDICE-estimated visitation d_hat_tau) and by
+  a fixed alpha (the tabular counterpart: `safemeta.algorithms.meta_srl.baselines`, ``averaging``).
 
 The baselines use CRPO's step size ``alpha0``; meta_srl starts from it.
 
@@ -45,7 +49,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from safemeta.config.schema import spec
 
@@ -108,52 +111,9 @@ def references(cfg: ContinuousOnlineConfig, trainer, tasks: list, cache: Path | 
     return j_ref
 
 
-# ----------------------------------------------------------------------------------------------- averaging
-
-@dataclass
-class PolicyTarget:
-    """pi_hat_tau on its kept states S_tau: ``states [S, obs_dim]``, its ``mean`` and ``log_std`` ``[S, act_dim]``."""
-    states: Tensor
-    mean: Tensor
-    log_std: Tensor
-
-
-def policy_target(actor_fn, pi_hat: dict, states: Tensor, keep: int, gen: torch.Generator) -> PolicyTarget:
-    """pi_hat (stacked for one task) on a uniform subsample of at most ``keep`` of ``states [..., obs_dim]``."""
-    flat = states.reshape(-1, states.shape[-1])
-    kept = flat[torch.randperm(len(flat), generator=gen)[:keep]]
-    with torch.no_grad():
-        mean, log_std = actor_fn({k: v.detach() for k, v in pi_hat.items()}, kept.unsqueeze(0))
-    return PolicyTarget(kept, mean[0], log_std[0])
-
-
-def mixture_distance(actor_fn, theta: dict, targets: list[PolicyTarget]) -> Tensor:
-    """L(theta) = (1/n) sum_tau E_{s ~ S_tau} KL(pi_hat_tau(.|s) || pi_theta(.|s)), ``theta`` unstacked."""
-    from safemeta.params import stack
-    from safemeta.policy import gaussian_kl
-
-    states = torch.cat([g.states for g in targets]).unsqueeze(0)
-    mean, log_std = actor_fn(stack(theta, 1), states)
-    kl = gaussian_kl(torch.cat([g.mean for g in targets]), torch.cat([g.log_std for g in targets]), mean[0], log_std[0])
-    weights = torch.cat([torch.full((len(g.states),), 1.0 / (len(g.states) * len(targets))) for g in targets])
-    return (kl * weights).sum()
-
-
-def distill_mixture(actor_fn, theta: dict, targets: list[PolicyTarget], iters: int, lr: float
-                    ) -> tuple[dict, float, float]:
-    """``iters`` Adam steps (rate ``lr``) on `mixture_distance` from ``theta``; the new theta, L before, L after."""
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in theta.items()}
-    opt = torch.optim.Adam(list(leaves.values()), lr=lr)
-    with torch.no_grad():
-        before = float(mixture_distance(actor_fn, leaves, targets))
-    for _ in range(iters):
-        opt.zero_grad()
-        mixture_distance(actor_fn, leaves, targets).backward()
-        opt.step()
-    out = {k: v.detach() for k, v in leaves.items()}
-    with torch.no_grad():
-        after = float(mixture_distance(actor_fn, out, targets))
-    return out, before, after
+# the leader's pieces live with meta_srl's learner (re-exported here for the averaging learner and tests)
+from safemeta.algorithms.outer.online_dualdice import (Distilled, PolicyTarget, distill_mixture,  # noqa: E402,F401
+                                                       handed_out, mixture_distance, policy_target)
 
 
 # ------------------------------------------------------------------------------------------------ learners
@@ -221,7 +181,8 @@ class FALLearner(Learner):
         return {k: v.clone() for k, v in stack(mean, 1).items()}, {}
 
     def update(self, result, task) -> dict[str, float]:
-        self.past.append({k: v[0].detach() for k, v in result.params[-1].items()})
+        pi_hat, _ = handed_out(self.trainer.inner, result)
+        self.past.append({k: v[0].detach() for k, v in pi_hat.items()})
         return {}
 
 
@@ -239,10 +200,16 @@ class AveragingLearner(Learner):
     def update(self, result, task) -> dict[str, float]:
         actor_fn, outer_cfg = self.trainer.inner.actor_fn, self.trainer.outer.cfg
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.t)
-        self.targets.append(policy_target(actor_fn, result.params[-1], result.batches[-1].obs, AVERAGING_STATES, gen))
-        self.theta, before, after = distill_mixture(actor_fn, self.theta, self.targets, outer_cfg.distill_iters,
-                                                    outer_cfg.lr_phi)
-        return {"averaging/distance": before, "averaging/distance_after": after}
+        pi_hat, idx = handed_out(self.trainer.inner, result)
+        own = result.batches[min(int(idx[0]), len(result.batches) - 1)]  # the handed-out iterate's rollout
+        self.targets.append(policy_target(actor_fn, pi_hat, own.obs, AVERAGING_STATES, gen))
+        res = distill_mixture(actor_fn, self.theta, self.targets, outer_cfg.distill_iters, outer_cfg.lr_phi,
+                              tol=outer_cfg.distill_tol, check_iters=outer_cfg.leader_check_iters,
+                              max_states=outer_cfg.leader_states, gen=gen)
+        self.theta = res.theta
+        return {"averaging/distance": res.before, "averaging/distance_after": res.after,
+                "averaging/leader_grad_norm": res.grad_norm, "averaging/leader_gap": res.leader_gap,
+                "averaging/distill_steps": float(res.steps)}
 
 
 def make_learner(cfg: ContinuousOnlineConfig, trainer) -> Learner:
@@ -271,6 +238,7 @@ def run_online_continuous(cfg: ContinuousOnlineConfig, reference_cache: Path | N
     learner = make_learner(cfg, trainer)
     d = family.cost_limit_for("train")
     gen = torch.Generator().manual_seed(cfg.seed + 2)
+    eval_gen = torch.Generator().manual_seed(cfg.seed + 3)  # the scoring rollouts' own stream
     rows, gaps, viols = [], [], []
     for t, task in enumerate(tasks, start=1):
         theta, overrides = learner.propose(task)
@@ -278,13 +246,18 @@ def run_online_continuous(cfg: ContinuousOnlineConfig, reference_cache: Path | N
         venv = family.make([task], cfg.envs_per_task, "cpu", seed=cfg.seed * 1000 + t)
         result = trainer.adapter.adapt(theta, venv, cfg.steps, inner.init_state(1, d, **overrides),
                                        learner.critics(), 1, gen, final_rollout=True)
+        pi_hat, idx = handed_out(inner, result)
+        scored = trainer.adapter.collector.collect(
+            pi_hat, family.make([task], cfg.envs_per_task, "cpu", seed=10**9 + cfg.seed * 1000 + t), 1, eval_gen)
         info = learner.observe(result, task)
-        j_hat, c_hat = float(result.batches[-1].ep_return[0]), float(result.batches[-1].ep_cost[0])
+        j_hat, c_hat = float(scored.ep_return[0]), float(scored.ep_cost[0])
         gaps.append(float(j_ref[t - 1]) - j_hat)
         viols.append(max(0.0, c_hat - d))
         rows.append({"t": t, "gap": gaps[-1], "violation": viols[-1], "taog": float(np.mean(gaps)),
                      "tacv": float(np.mean(viols)), "alpha": alpha, "J_r": j_hat, "J_c": c_hat,
-                     "J_r_ref": float(j_ref[t - 1]), **{f"learner/{k.split('/')[-1]}": v for k, v in info.items()}})
+                     "J_r_ref": float(j_ref[t - 1]), "out_index": int(idx[0]),
+                     "J_r_last": float(result.batches[-1].ep_return[0]), "J_c_last": float(result.batches[-1].ep_cost[0]),
+                     **{f"learner/{k.split('/')[-1]}": v for k, v in info.items()}})
         if on_task is not None:
             on_task(rows[-1])
     return rows

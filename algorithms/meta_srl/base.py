@@ -3,8 +3,9 @@
 Tasks arrive one after another. Before task t the learner proposes the within-task algorithm's
 initialization phi_t (softmax logits ``[S, A]``) and step size alpha_t (`propose`); CRPO then runs M
 steps from them on the task (`tabular_crpo.crpo`); afterwards the learner sees only what a learner in
-the paper's setting sees (`observe`): the final policy pi_hat_t and the collected transitions, not the
-task's tables or its optimum. Learners are small: a ``Config`` dataclass and two methods.
+the paper's setting sees (`observe`): the policy pi_hat_t that CRPO hands out (its output rule, `tabular_crpo`,
+``run.policy`` / ``run.logits``), CRPO's iterates and the collected transitions, not the task's tables or
+its optimum. Learners are small: a ``Config`` dataclass and two methods.
 """
 from __future__ import annotations
 

@@ -4,11 +4,15 @@
 * ``pretrained``: one policy trained by CRPO to convergence on a single training task drawn before the
   sequence, reused as every task's start (transfer from one task, no online learning);
 * ``fal`` (follow the average leader, Denevi et al. 2019): phi_{t+1} = the mean of the past tasks'
-  final parameters theta_hat_tau (softmax logits, each centred per state), i.e. the leader of the
+  handed-out parameters theta_hat_tau (softmax logits, each centred per state), i.e. the leader of the
   squared-distance bounds in parameter space;
-* ``averaging``: simple averaging of the past final *policies*, pi_phi = (1/t) sum_tau pi_hat_tau, in
+* ``averaging``: simple averaging of the past handed-out *policies*, pi_phi = (1/t) sum_tau pi_hat_tau, in
   probability space, without visitation weights (``online_dualdice`` with ``phi_update: ftl`` differs
-  by weighting each state by the DualDICE-estimated visitation, and by learning alpha).
+  by weighting each state by the DualDICE-estimated visitation, by the shrinkage simplex, and by
+  learning alpha).
+
+"Handed out": the iterate CRPO's output rule picks (`tabular_crpo`, "The output"), ``run.logits`` /
+``run.policy``.
 """
 from __future__ import annotations
 
