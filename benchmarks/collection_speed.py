@@ -8,7 +8,7 @@ preset size (5 x 4, 500 steps), and both at 16 envs per task; one whole episode 
 temporary directory; each measurement runs in a fresh subprocess whose PYTHONPATH points at one tree
 (checked: the imported ``safemeta`` and ``safemeta.envs`` must come from it), old and new alternate, and
 each case keeps its best of ``--repeats`` runs per tree (the machine is shared: the best run is the one
-least disturbed by other jobs). Note that "new" is the whole working tree: `safemeta.batch.episode_means`,
+least disturbed by other jobs). Note that "new" is the whole working tree: `safemeta.rollout.batch.episode_means`,
 which the collector calls once at the end, counts too.
 """
 from __future__ import annotations
@@ -34,9 +34,9 @@ def measure(threads: int) -> dict:
 
     import safemeta
     import safemeta.envs.planar
-    from safemeta.collector import Collector
-    from safemeta.params import stack
-    from safemeta.policy import GaussianActor, init_params
+    from safemeta.rollout.collector import Collector
+    from safemeta.rollout.params import stack
+    from safemeta.rollout.policy import GaussianActor, init_params
     from safemeta.registry import env as env_registry
 
     root = os.environ["PYTHONPATH"].split(os.pathsep)[0]

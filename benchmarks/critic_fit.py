@@ -16,7 +16,7 @@ import argparse
 import time
 
 import safemeta
-from safemeta.trainer import MetaTrainer
+from safemeta.training.trainer import MetaTrainer
 
 SETTINGS = {
     "old (10 full-batch steps)": {"epochs": 10, "minibatch_size": 0, "max_minibatches": 0},

@@ -39,11 +39,11 @@ def measure(family: str, hidden: tuple[int, ...], backend: str, metric: str, k: 
     import torch
 
     import safemeta
-    from safemeta.adaptation import AdaptationResult, replay
+    from safemeta.training.adaptation import AdaptationResult, replay
     from safemeta.algorithms.outer.dco_cpo import meta_gradients
-    from safemeta.model import stacked_theta
-    from safemeta.params import num_params, stack
-    from safemeta.trainer import MetaTrainer
+    from safemeta.training.model import stacked_theta
+    from safemeta.rollout.params import num_params, stack
+    from safemeta.training.trainer import MetaTrainer
 
     torch.set_num_threads(1)
     cfg = safemeta.resolve_config([("benchmark", {

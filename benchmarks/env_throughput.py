@@ -4,7 +4,7 @@
 
 For every built-in family: random actions at 1, 64, 1024 and 4096 envs (4 tasks once there are >= 4
 envs), auto-resets included; then collection of whole episodes with the default MLP policy (64, 64)
-through `safemeta.collector.Collector` at 4096 envs. For the Safety-Gymnasium twin: one env stepped
+through `safemeta.rollout.collector.Collector` at 4096 envs. For the Safety-Gymnasium twin: one env stepped
 with random actions for ``--sg-steps`` steps, timed without and with its resets (Safety-Gymnasium rebuilds
 the world at each reset). Everything runs in one process, on the same machine, in one run,
 so the ratio column compares like with like.
@@ -25,9 +25,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its O
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from safemeta.collector import Collector  # noqa: E402
-from safemeta.params import stack  # noqa: E402
-from safemeta.policy import GaussianActor, init_params  # noqa: E402
+from safemeta.rollout.collector import Collector  # noqa: E402
+from safemeta.rollout.params import stack  # noqa: E402
+from safemeta.rollout.policy import GaussianActor, init_params  # noqa: E402
 from safemeta.registry import env as env_registry  # noqa: E402
 
 SG_TWINS = {"point-circle": "SafetyPointCircle1-v0", "car-circle-hazard": "SafetyCarCircle1-v0",

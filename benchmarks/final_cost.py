@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 
 import safemeta
-from safemeta.evaluation import solver_endpoint
-from safemeta.trainer import MetaTrainer
+from safemeta.evaluation.meta_test import solver_endpoint
+from safemeta.training.trainer import MetaTrainer
 
 TASKS, EVAL_ENVS = 4, 16
 
 
 def final_policies(inner: str, horizon: int, seed: int, steps: int, envs: int) -> dict:
-    """One seed of the protocol (``safemeta.evaluation.solver_endpoint``) with shaping horizon H."""
+    """One seed of the protocol (``safemeta.evaluation.meta_test.solver_endpoint``) with shaping horizon H."""
     layer = {"env": "point-circle", "inner": inner, "algo": "pretrained", "seed": seed,
              "trainer": {"episodes_per_env": 1}, "critic": {"cost_shaping_horizon": horizon}}
     trainer = MetaTrainer(safemeta.resolve_config([("final_cost", layer)]))

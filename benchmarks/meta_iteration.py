@@ -12,7 +12,7 @@ import statistics
 import time
 
 import safemeta
-from safemeta.trainer import MetaTrainer
+from safemeta.training.trainer import MetaTrainer
 
 
 def main() -> None:

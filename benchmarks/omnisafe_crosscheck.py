@@ -7,7 +7,7 @@
 
 Pairs: ours ``cpo`` / ``trpolag`` / ``crpo`` vs OmniSafe's ``CPO`` / ``TRPOLag`` / ``OnCRPO``, on a stock
 Safety-Gymnasium id (``--family sg-env``: OmniSafe makes the id, ours wraps the same id as the one-task
-family `safemeta.envs.safety_gym_plain`), or on ONE fixed task of a built-in family (the task `safemeta.omnisafe_env` builds for ``SafeMeta-<family>-v0`` from
+family `safemeta.envs.safety_gym_plain`), or on ONE fixed task of a built-in family (the task `safemeta.compat.omnisafe_env` builds for ``SafeMeta-<family>-v0`` from
 ``--task-seed``), with the same policy/critic sizes (64, 64, tanh: both defaults), env steps per epoch,
 epochs, cost limit (the family's d) and seeds. Ours runs as a single policy trained by the inner solver
 on that task (preset ``pretrained``, one task per iteration, the task pinned by setting every split range
@@ -59,8 +59,8 @@ def run_omnisafe(algo: str, env_id: str, seed: int, args, d: float) -> tuple[flo
 def run_ours(inner: str, family: str, task, seed: int, args) -> tuple[float, float, float]:
     import safemeta
     from safemeta.config.loader import parse_set
-    from safemeta.task import split_ranges
-    from safemeta.trainer import MetaTrainer
+    from safemeta.rollout.task import split_ranges
+    from safemeta.training.trainer import MetaTrainer
 
     fam_cls = safemeta.registry.env.get(family)
     if family == "sg-env":  # a stock Safety-Gymnasium id: one task already
@@ -134,7 +134,7 @@ def main() -> None:
     p.add_argument("--only", choices=["ours", "omnisafe"], help="run one side only")
     args = p.parse_args()
     torch.set_num_threads(1)
-    from safemeta.omnisafe_env import build_family, cost_limit_of, env_id_of, register_safemeta_envs
+    from safemeta.compat.omnisafe_env import build_family, cost_limit_of, env_id_of, register_safemeta_envs
 
     if args.family == "sg-env":  # OmniSafe runs the stock id; ours its `sg-env` family around the same id
         from safemeta.envs.safety_gym_plain import SGEnv

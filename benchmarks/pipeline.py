@@ -66,8 +66,8 @@ def measure(algo: str, family: str, envs: str, iters: int, device: str) -> dict:
     import torch
 
     import safemeta
-    from safemeta.model import stacked_theta
-    from safemeta.trainer import MetaTrainer
+    from safemeta.training.model import stacked_theta
+    from safemeta.training.trainer import MetaTrainer
 
     layer: dict = {"algo": algo, "env": family, "trainer": {"device": device}, "log": {"progress": False}}
     if envs != "preset":

@@ -16,7 +16,7 @@ import statistics
 import time
 
 import safemeta
-from safemeta.trainer import MetaTrainer
+from safemeta.training.trainer import MetaTrainer
 
 BUDGETS = {  # per family: small enough to time in minutes on 2 cores, large enough that rollouts dominate
     "sg-point-goal": {"tasks_per_iter": 4, "envs_per_task": 2, "episodes_per_env": 1},

@@ -25,8 +25,8 @@ from safemeta.config.schema import spec
 from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, pad_objects, place_objects,
                                   wall_lidar)
 from safemeta.registry import register_env
-from safemeta.task import IntRange, Range, Task, TaskFamily, draw
-from safemeta.vec_cmdp import BatchedCMDP
+from safemeta.rollout.task import IntRange, Range, Task, TaskFamily, draw
+from safemeta.rollout.vec_cmdp import BatchedCMDP
 
 
 class CircleEnv(BatchedCMDP):

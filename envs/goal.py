@@ -22,8 +22,8 @@ from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, 
                                   push_out_of_disks, relative)
 from safemeta.registry import register_env
 from safemeta.errors import UserError
-from safemeta.task import IntRange, Range, Task, TaskFamily, draw
-from safemeta.vec_cmdp import BatchedCMDP
+from safemeta.rollout.task import IntRange, Range, Task, TaskFamily, draw
+from safemeta.rollout.vec_cmdp import BatchedCMDP
 
 OBSTACLES_PER_LEVEL = {1: 1, 2: 10}
 DEFAULT_COST_LIMIT = {1: 0.75, 2: 5.0}  # C-MAML's environments 1 and 2

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from safemeta.config.schema import spec
 from safemeta.registry import register_env
-from safemeta.task import Range, Task, TaskFamily, draw
-from safemeta.vec_cmdp import BatchedCMDP
+from safemeta.rollout.task import Range, Task, TaskFamily, draw
+from safemeta.rollout.vec_cmdp import BatchedCMDP
 
 
 class Nav2DHazardEnv(BatchedCMDP):

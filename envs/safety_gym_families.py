@@ -113,8 +113,8 @@ from safemeta.envs.circle import CarCircleHazard, CarCircleHazardConfig, PointCi
 from safemeta.envs.goal import PointGoal, PointGoalConfig
 from safemeta.errors import UserError
 from safemeta.registry import register_env
-from safemeta.task import Task, TaskFamily
-from safemeta.vec_cmdp import VecCMDP
+from safemeta.rollout.task import Task, TaskFamily
+from safemeta.rollout.vec_cmdp import VecCMDP
 
 _SG: SimpleNamespace | None = None
 

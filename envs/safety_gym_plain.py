@@ -22,7 +22,7 @@ from safemeta.config.schema import spec
 from safemeta.envs.safety_gym_families import SafetyGymVecCMDP
 from safemeta.errors import UserError, suggest
 from safemeta.registry import register_env
-from safemeta.task import TaskFamily
+from safemeta.rollout.task import TaskFamily
 
 
 @dataclass

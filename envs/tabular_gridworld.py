@@ -1,8 +1,8 @@
 """``tabular-gridworld``: a slippery n x n grid with a goal and costly cells, with exact tables.
 
-Every task is a finite CMDP whose tables ``family.cmdp(task) -> safemeta.tabular.TabularCMDP`` are
+Every task is a finite CMDP whose tables ``family.cmdp(task) -> safemeta.rollout.tabular.TabularCMDP`` are
 built deterministically from the task's parameters, so optimality gaps, constraint violations and
-occupancy ratios (Meta-SRL's tabular quantities) are exact (`safemeta.tabular`).
+occupancy ratios (Meta-SRL's tabular quantities) are exact (`safemeta.rollout.tabular`).
 
 Grid and dynamics
 -----------------
@@ -18,14 +18,14 @@ Reward and cost (both on the *current* state, so ``r[s, a]`` and ``c[s, a]`` do 
 * ``c(s, a) = 1`` while ``s`` is a costly cell, so ``J_c`` is the discounted time spent in costly cells.
   Costly cells are never the start, the goal, or a neighbour of the start.
 * ``cost_limit`` (the d of the CMDP) bounds the *discounted* cost J_c with the family's ``gamma`` (the
-  quantity `safemeta.tabular.evaluate` reports). The env's episodes are truncated at ``horizon``, so
+  quantity `safemeta.rollout.tabular.evaluate` reports). The env's episodes are truncated at ``horizon``, so
   the trainer's undiscounted episode cost over the horizon is a different (larger) measurement.
 The env never terminates (the goal is absorbing); episodes end by truncation at ``horizon``.
 
 With the defaults (5 x 5, 5 costly cells, gamma 0.99, d = 0.5) and similarity 0, the limit binds
 (the unconstrained optimum pays J_c > d) on about 2/3 of train and 4/5 of test tasks; none of 100
 tasks per split was infeasible (largest minimal cost 0.22). A task whose minimal cost exceeds d makes
-`safemeta.tabular.solve_constrained` raise; `safemeta.tabular.minimal_cost` checks it beforehand.
+`safemeta.rollout.tabular.solve_constrained` raise; `safemeta.rollout.tabular.minimal_cost` checks it beforehand.
 
 Task parameters and controllable similarity
 -------------------------------------------
@@ -70,9 +70,9 @@ from torch import Tensor
 from safemeta.config.schema import spec
 from safemeta.errors import UserError
 from safemeta.registry import register_env
-from safemeta.tabular import TabularCMDP
-from safemeta.task import Range, Task, TaskFamily
-from safemeta.vec_cmdp import BatchedCMDP
+from safemeta.rollout.tabular import TabularCMDP
+from safemeta.rollout.task import Range, Task, TaskFamily
+from safemeta.rollout.vec_cmdp import BatchedCMDP
 
 UP, DOWN, LEFT, RIGHT = range(4)
 _MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))          # (d_row, d_col) of each action

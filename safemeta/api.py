@@ -17,20 +17,18 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from safemeta.checkpoint import Checkpointer, checkpoint_bytes
+from safemeta.training.checkpoint import Checkpointer, checkpoint_bytes
 from safemeta.config.loader import load_config, save_config, to_dict
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
-from safemeta.evaluation import summary_metrics
-from safemeta.run_dir import check_free_space, check_writable, new_run_dir
-from safemeta.task import Task
-from safemeta.tracking import MetricsLog, atomic_write_text
-from safemeta.trainer import MetaTrainer, planned_iterations
+from safemeta.evaluation.meta_test import evaluate, summary_metrics
+from safemeta.training.run_dir import check_free_space, check_writable, new_run_dir
+from safemeta.rollout.task import Task
+from safemeta.training.tracking import MetricsLog, atomic_write_text, console  # noqa: F401 (console: API)
+from safemeta.training.trainer import MetaTrainer, planned_iterations
 
-console = Console(stderr=True)
 
 
 class Run:
@@ -63,7 +61,7 @@ class Run:
                   **eval_overrides) -> dict:
         """The run's meta-test (README "Meta-test protocol"); keyword arguments replace fields of its ``eval``
         section, e.g. ``inner="trpolag", multipliers="fresh"`` for the common-solver view."""
-        return self.trainer.meta_test(tasks, adapt_steps, seed, **eval_overrides)
+        return evaluate(self.trainer, tasks, adapt_steps, seed, **eval_overrides)
 
 
 def train(cfg: Config, on_iteration: Callable[[dict], None] | None = None) -> Run:
@@ -150,7 +148,7 @@ def _fit(trainer: MetaTrainer, run_dir: Path, on_iteration: Callable[[dict], Non
                 row = trainer.train_iteration()
                 last = trainer.iteration == total
                 if last or (tr.eval_every and trainer.iteration % tr.eval_every == 0):
-                    report = trainer.meta_test()
+                    report = evaluate(trainer)
                     row.update(summary_metrics(report))
                 _check_finite(row)
                 log.log(row)
@@ -170,7 +168,7 @@ def _fit(trainer: MetaTrainer, run_dir: Path, on_iteration: Callable[[dict], Non
     finally:
         trainer.close()
     if report is None:  # no iteration ran (e.g. the `random` preset, or resuming a finished run)
-        report = trainer.meta_test()
+        report = evaluate(trainer)
         if not ckpt.paths():
             ckpt.save(trainer.state_dict(), trainer.iteration)
     report["iteration"] = trainer.iteration

@@ -12,7 +12,7 @@ A grid file (see ``leaderboards/grids/``)::
       pretrained: {trainer.iters: 120}
     views:                           # extra meta-tests of every finished cell (README "Meta-test protocol")
       common-trpolag: {inner: trpolag, multipliers: fresh}
-    metric: cost_every_step          # the verdict of the paper the board tests (safemeta.leaderboard.VERDICTS)
+    metric: cost_every_step          # the verdict of the paper the board tests (safemeta.evaluation.leaderboard.VERDICTS)
 
 Each cell's config is resolved like ``safemeta train`` would; a cell whose run directory already holds
 the same resolved config is skipped when finished (its ``meta_test.json`` is at the final iteration)
@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safemeta.config.loader import load_config, nest, read_yaml, resolve_config
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
-from safemeta.trainer import planned_iterations
+from safemeta.training.trainer import planned_iterations
 
 GRID_KEYS = {"out", "algos", "inners", "envs", "seeds", "set", "algo_set", "views", "metric"}
 VIEW_KEYS = ("tasks", "adapt_steps", "envs_per_task", "episodes_per_env", "episodes", "inner", "multipliers", "critics",
@@ -92,7 +92,7 @@ def load_grid(path: str | Path) -> list[Cell]:
 def load_views(path: str | Path) -> dict[str, dict]:
     """The grid's ``views``: name -> eval fields it replaces (checked: names, keys and values)."""
     from safemeta.config.schema import EvalConfig
-    from safemeta.evaluation import MetaTestSpec, view_path
+    from safemeta.evaluation.meta_test import MetaTestSpec, view_path
 
     views = read_yaml(path, "grid file").get("views") or {}
     if not isinstance(views, dict):
@@ -116,7 +116,7 @@ def ensure_views(run_dir: Path, cfg: Config, views: dict[str, dict]) -> int:
     """Meta-test a finished run in every view it lacks (or has for another iteration or spec); returns how many
     reports were written."""
     from safemeta.api import Run
-    from safemeta.evaluation import MetaTestSpec, save_view, view_path
+    from safemeta.evaluation.meta_test import MetaTestSpec, save_view, view_path
 
     missing = {}
     for name, fields in views.items():

@@ -114,8 +114,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from safemeta.api import Run, console
-    from safemeta.evaluation import describe_protocol, save_view
-    from safemeta.tracking import atomic_write_text
+    from safemeta.evaluation.meta_test import describe_protocol, save_view
+    from safemeta.training.tracking import atomic_write_text
 
     for flag, low in (("tasks", 1), ("adapt_steps", 0), ("episodes", 1)):
         if getattr(args, flag) is not None and getattr(args, flag) < low:
@@ -155,14 +155,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_online(args: argparse.Namespace) -> None:
-    from safemeta.online import run_online_grid
+    from safemeta.online.runner import run_online_grid
 
     run_online_grid(args.grid, progress=not args.no_progress)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from safemeta.api import console
-    from safemeta.leaderboard import make_leaderboards
+    from safemeta.evaluation.leaderboard import make_leaderboards
 
     command = " ".join(["safemeta", *args.argv])
     for board in make_leaderboards(args.runs, args.out, args.family, command.strip(), args.grids):
@@ -174,7 +174,7 @@ def cmd_list(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from safemeta import registry
-    from safemeta.task import split_ranges
+    from safemeta.rollout.task import split_ranges
 
     console = Console() if sys.stdout.isatty() else Console(width=160)
     kinds = [_LISTS[args.what]] if args.what else list(_LISTS.values())

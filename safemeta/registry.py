@@ -1,5 +1,5 @@
 """Name -> implementation tables: ``inner``, ``outer``, ``algo``, ``env`` and ``online`` (the meta-learners
-of the online, one-task-after-another protocol of `safemeta.online`: Meta-SRL and its baselines).
+of the online, one-task-after-another protocol of `safemeta.online.protocol`: Meta-SRL and its baselines).
 
 Built-in entries register themselves when their module is imported (``load_builtins``). User code
 adds entries without editing the package, either from a module named on the command line
@@ -104,7 +104,7 @@ _BUILTIN_MODULES = (
     "safemeta.algorithms.outer.dco_cpo",
     "safemeta.algorithms.outer.dco_trpo",
     "safemeta.algorithms.outer.fomaml_safe",
-    "safemeta.algorithms.outer.online_dualdice",
+    "safemeta.algorithms.outer.meta_srl",
     "safemeta.envs.tiny_nav",
     "safemeta.envs.circle",
     "safemeta.envs.button",
@@ -113,7 +113,7 @@ _BUILTIN_MODULES = (
     "safemeta.envs.tabular_gridworld",
     "safemeta.envs.safety_gym_families",
     "safemeta.envs.safety_gym_plain",
-    "safemeta.algorithms.meta_srl.online_dualdice",
+    "safemeta.algorithms.meta_srl.tabular_learner",
     "safemeta.algorithms.meta_srl.baselines",
     "safemeta.presets",
 )

@@ -34,8 +34,8 @@ def rollout(make_config):
     """``hidden -> (trainer, batch)``: a tiny-nav trainer and one annotated batch of 3 tasks x 8 envs."""
     import numpy as np
 
-    from safemeta.model import stacked_theta
-    from safemeta.trainer import MetaTrainer
+    from safemeta.training.model import stacked_theta
+    from safemeta.training.trainer import MetaTrainer
 
     def make(hidden: int):
         t = MetaTrainer(make_config(policy={"hidden_sizes": [hidden]}))
@@ -64,10 +64,10 @@ def double_batch(batch):
 def fixed_adaptation(trainer, tasks: int, steps: int, seed: int = 3):
     """``steps`` + 1 batches of ``tasks`` tiny-nav tasks collected by one real adaptation of ``trainer``'s meta-
     policy (4 envs each), in float64, with the inner state they started from and theta in float64: fixed
-    rollouts on which `safemeta.adaptation.replay` makes the post-adaptation objective a function of theta."""
+    rollouts on which `safemeta.training.adaptation.replay` makes the post-adaptation objective a function of theta."""
     import numpy as np
 
-    from safemeta.model import stacked_theta
+    from safemeta.training.model import stacked_theta
 
     venv = trainer.family.make(trainer.family.sample(tasks, "train", np.random.default_rng(seed)), 4, "cpu", seed)
     state = trainer.inner.init_state(tasks, trainer.family.cost_limit_for("train"))

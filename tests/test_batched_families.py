@@ -9,7 +9,7 @@ import torch
 from safemeta.envs.button import ButtonEnv
 from safemeta.envs.planar import LIDAR_BINS, PROPRIO_DIM, pad_objects, point_lidar, wall_lidar
 from safemeta.registry import env as env_registry
-from safemeta.task import Task, split_ranges
+from safemeta.rollout.task import Task, split_ranges
 
 FAMILIES = ["point-circle", "car-circle-hazard", "point-button", "point-goal", "nav2d-hazard", "tiny-nav"]
 
@@ -296,7 +296,7 @@ def test_trpolag_learns_point_circle_within_the_default_budget(tmp_path):
     above and is still rising at iteration 40; 0.005 gave 29.1), against ~230 for unconstrained TRPO
     (benchmarks/README.md), so the bound is 1.3 d."""
     import safemeta
-    from safemeta.trainer import MetaTrainer
+    from safemeta.training.trainer import MetaTrainer
 
     cfg = safemeta.resolve_config([("test", {"algo": "pretrained", "env": "point-circle", "out": str(tmp_path),
                                              "log": {"progress": False}})])

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from safemeta.evaluation import MetaTestSpec
-from safemeta.evaluation import initial_critics as meta_test_critics
-from safemeta.model import fit_meta_critics, stacked_theta
-from safemeta.params import stack
-from safemeta.trainer import MetaTrainer
+from safemeta.evaluation.meta_test import MetaTestSpec
+from safemeta.evaluation.meta_test import initial_critics as meta_test_critics
+from safemeta.training.model import fit_meta_critics, stacked_theta
+from safemeta.rollout.params import stack
+from safemeta.training.trainer import MetaTrainer
 
 UNSAFE = {"tiny-nav": {"hazard_radius": 100.0, "cost_limit": 5.0}}  # cost 1 every step: J_C = 20 per episode > d = 5
 SAFE = {"tiny-nav": {"hazard_radius": 0.0}}  # no cost anywhere: J_C = 0 < d = 1

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from safemeta.collector import Collector
-from safemeta.obs_norm import RunningObsNorm
-from safemeta.params import stack
-from safemeta.policy import GaussianActor, batched, init_params
+from safemeta.rollout.collector import Collector
+from safemeta.rollout.obs_norm import RunningObsNorm
+from safemeta.rollout.params import stack
+from safemeta.rollout.policy import GaussianActor, batched, init_params
 from safemeta.registry import env as env_registry
-from safemeta.vec_cmdp import EnvFault, check_finite
+from safemeta.rollout.vec_cmdp import EnvFault, check_finite
 
 FIELDS = ("obs", "act", "logp", "rew", "cost", "terminated", "truncated", "next_obs")
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from safemeta.algorithms.inner.cpo import CPO, CPOConfig
-from safemeta.batch import episode_means
-from safemeta.cost_shaping import hazard_labels, shape
-from safemeta.model import stacked_theta
-from safemeta.trainer import MetaTrainer
+from safemeta.rollout.batch import episode_means
+from safemeta.rollout.cost_shaping import hazard_labels, shape
+from safemeta.training.model import stacked_theta
+from safemeta.training.trainer import MetaTrainer
 
 
 def _labels_by_hand(cost, ends, horizon):

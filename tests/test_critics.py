@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from safemeta.critics import CriticParams, explained_variance
-from safemeta.model import stacked_theta
-from safemeta.params import stack
-from safemeta.trainer import MetaTrainer
+from safemeta.rollout.critics import CriticParams, explained_variance
+from safemeta.training.model import stacked_theta
+from safemeta.rollout.params import stack
+from safemeta.training.trainer import MetaTrainer
 
 
 def goal_seeking(t: MetaTrainer, n: int) -> dict:
@@ -120,7 +120,7 @@ def test_annotation_evaluates_next_states_only_where_they_differ_and_matches_a_f
     """`state_values` reuses V(obs[t+1]) for V(next_obs[t]) and evaluates next_obs only at episode ends and the
     rollout's end: the advantages and returns equal those of evaluating every next_obs (three episodes per env,
     so truncations fall inside the rollout)."""
-    from safemeta.batch import gae
+    from safemeta.rollout.batch import gae
 
     t = MetaTrainer(make_config())
     venv = t.family.make(t.family.sample(3, "train", np.random.default_rng(2)), 4, "cpu", 2)

@@ -5,8 +5,8 @@ import pytest
 
 from safemeta import registry
 from safemeta.config.loader import resolve_config
-from safemeta.dualdice import tabular_dualdice
-from safemeta.tabular import occupancy, occupancy_ratio
+from safemeta.rollout.dualdice import tabular_dualdice
+from safemeta.rollout.tabular import occupancy, occupancy_ratio
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def _features_of_tables(cmdp, target, s, a, s_next, s0, feature):
 def test_feature_dualdice_with_one_hot_features_is_the_tabular_estimate(problem):
     import torch
 
-    from safemeta.dualdice import feature_dualdice
+    from safemeta.rollout.dualdice import feature_dualdice
 
     cmdp, target, d_data, _ = problem
     s, a, s_next, s0 = _sample(cmdp, d_data, 30_000, 5)
@@ -113,7 +113,7 @@ def test_random_feature_dualdice_converges_to_the_exact_ratios(problem):
     problem, the inputs as one-hot vectors: its error falls with data, to under 5%."""
     import torch
 
-    from safemeta.dualdice import RandomFourierFeatures, feature_dualdice
+    from safemeta.rollout.dualdice import RandomFourierFeatures, feature_dualdice
 
     cmdp, target, d_data, truth = problem
     n_s, n_a = cmdp.n_states, cmdp.n_actions

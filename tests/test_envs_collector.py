@@ -2,9 +2,9 @@
 import numpy as np
 import torch
 
-from safemeta.collector import Collector
-from safemeta.params import stack
-from safemeta.policy import GaussianActor, init_params
+from safemeta.rollout.collector import Collector
+from safemeta.rollout.params import stack
+from safemeta.rollout.policy import GaussianActor, init_params
 from safemeta.registry import env as env_registry
 
 
@@ -64,7 +64,7 @@ def test_collector_batches_tasks_with_their_own_parameters():
     assert torch.equal(batch.ep_count, torch.tensor([10.0, 10.0, 10.0]))
     assert int(batch.truncated.sum()) == 30
     # logp recorded equals the Gaussian log-density of the recorded action
-    from safemeta.policy import batched, gaussian_log_prob
+    from safemeta.rollout.policy import batched, gaussian_log_prob
     mean, log_std = batched(actor)(params, batch.obs.reshape(3, -1, 6))
     lp = gaussian_log_prob(batch.act.reshape(3, -1, 2), mean, log_std).reshape(3, 40, 5)
     torch.testing.assert_close(lp, batch.logp, atol=1e-4, rtol=1e-4)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import safemeta
-from safemeta.executor import merge, shard_bounds, start_local_ray
+from safemeta.training.executor import merge, shard_bounds, start_local_ray
 from safemeta.registry import load_plugin
-from safemeta.trainer import MetaTrainer
+from safemeta.training.trainer import MetaTrainer
 
 ray = pytest.importorskip("ray")
 
@@ -84,7 +84,7 @@ def test_shard_bounds_cover_the_tasks_evenly():
 def test_sharding_changes_streams_but_merge_keeps_task_order():
     cfg = _cfg(shards=2)
     trainer = MetaTrainer(cfg)
-    from safemeta.executor import run_job, split_jobs
+    from safemeta.training.executor import run_job, split_jobs
 
     tasks = trainer.family.sample(4, "train", np.random.default_rng(0))
     state = trainer.inner.init_state(4, 1.0)

@@ -15,12 +15,12 @@ import torch
 
 import safemeta
 from safemeta import registry
-from safemeta.adaptation import finite_step
-from safemeta.checkpoint import Checkpointer
+from safemeta.training.adaptation import finite_step
+from safemeta.training.checkpoint import Checkpointer
 from safemeta.cli import main
 from safemeta.errors import UserError
 from safemeta.registry import load_plugin
-from safemeta.vec_cmdp import EnvFault, checked_step
+from safemeta.rollout.vec_cmdp import EnvFault, checked_step
 from tests.conftest import REPO
 
 NAN_OUTER = textwrap.dedent('''
@@ -94,7 +94,7 @@ def test_checkpointer_refuses_nonfinite_state_and_reports_a_failed_write(tmp_pat
         f.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("safemeta.checkpoint.torch.save", disk_full)
+    monkeypatch.setattr("safemeta.training.checkpoint.torch.save", disk_full)
     with pytest.raises(UserError, match="No space left on device.*ckpt-000001.pt.*is intact.*--resume"):
         ckpt.save(good, 3)
     assert [p.name for p in ckpt.paths()] == ["ckpt-000001.pt"]
@@ -105,7 +105,7 @@ def test_full_disk_and_unwritable_out_fail_before_training(tmp_path, monkeypatch
     import shutil
 
     real = shutil.disk_usage
-    monkeypatch.setattr("safemeta.run_dir.shutil.disk_usage",
+    monkeypatch.setattr("safemeta.training.run_dir.shutil.disk_usage",
                         lambda p: real(p)._replace(free=1000))
     args = ["train", "--env", "tiny-nav", "--iters", "1", "--no-progress", "--out", str(tmp_path / "runs")]
     assert main(args) == 2
@@ -124,7 +124,7 @@ CRASH_IN_CHECKPOINT = textwrap.dedent('''
     import os, sys
     import torch
     import safemeta
-    from safemeta import checkpoint
+    from safemeta.training import checkpoint
 
     real_save = torch.save
     def crashing_save(state, f):
@@ -167,7 +167,7 @@ def test_crash_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path)
 
 
 def test_nan_at_the_vec_cmdp_boundary_is_named(make_config):
-    from safemeta.trainer import MetaTrainer
+    from safemeta.training.trainer import MetaTrainer
 
     trainer = MetaTrainer(make_config())
     venv = trainer.family.make(trainer.family.sample(3, "train", np.random.default_rng(0)), 2, "cpu", 0)

@@ -79,7 +79,7 @@ TOKENS = ["train", "eval", "bench", "leaderboard", "online", "list", "--algo", "
 @pytest.fixture
 def no_training(monkeypatch):
     """Commands that would train only build the trainer (names, capabilities and values checked), and stop."""
-    from safemeta.trainer import MetaTrainer
+    from safemeta.training.trainer import MetaTrainer
 
     def build_only(cfg, *a, **k):
         if cfg.trainer.executor == "local" and not cfg.env.startswith("sg-"):

@@ -1,7 +1,7 @@
 """GAE against a hand-computed sequence with a truncation and a termination."""
 import torch
 
-from safemeta.batch import gae
+from safemeta.rollout.batch import gae
 
 
 def test_gae_matches_hand_computation_with_truncation_and_termination():

@@ -11,8 +11,8 @@ from safemeta.algorithms.inner.cpo import CPO, CPOConfig
 from safemeta.algorithms.inner.crpo import CRPO, CRPOConfig
 from safemeta.algorithms.inner.trpo import TRPO, TRPOConfig
 from safemeta.errors import UserError
-from safemeta.model import stacked_theta
-from safemeta.trainer import MetaTrainer
+from safemeta.training.model import stacked_theta
+from safemeta.training.trainer import MetaTrainer
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_solver_ends_within_the_cost_limit_on_point_circle(inner):
     around or above d; ``benchmarks/final_cost.py`` runs this protocol over seeds and with / without
     each (its tables in benchmarks/README.md, "Where the inner solvers end")."""
     import safemeta
-    from safemeta.evaluation import solver_endpoint
+    from safemeta.evaluation.meta_test import solver_endpoint
 
     cfg = safemeta.resolve_config([("t", {"env": "point-circle", "inner": inner, "algo": "pretrained", "seed": 0,
                                           "trainer": {"episodes_per_env": 1}, "critic": {"cost_shaping_horizon": 10},
@@ -120,7 +120,7 @@ def test_solver_ends_within_the_cost_limit_on_point_circle(inner):
 def test_crpo_outputs_the_latest_iterate_of_n0(parts):
     """Algorithm 1's output: per task the latest w_t whose batch estimate was within d + eta (N_0), the
     last iterate where N_0 is empty; ``output: last`` (and every other solver) hands out w_T."""
-    from safemeta.adaptation import AdaptationResult
+    from safemeta.training.adaptation import AdaptationResult
 
     t, batch = parts
     params = [{k: torch.full((3, *v.shape), float(i)) for k, v in t.meta.theta.items()} for i in range(4)]

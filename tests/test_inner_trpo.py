@@ -7,9 +7,9 @@ import torch
 from safemeta.algorithms.inner.natural_gradient import conjugate_gradient, fisher_vector_product
 from safemeta.algorithms.inner.trpo import TRPO, TRPOConfig
 from safemeta.algorithms.inner.trpolag import TRPOLag, TRPOLagConfig
-from safemeta.model import stacked_theta
-from safemeta.params import flat, unflat
-from safemeta.trainer import MetaTrainer
+from safemeta.training.model import stacked_theta
+from safemeta.rollout.params import flat, unflat
+from safemeta.training.trainer import MetaTrainer
 
 
 def test_conjugate_gradient_solves_each_task_system():

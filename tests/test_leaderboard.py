@@ -10,7 +10,7 @@ import safemeta
 from safemeta.bench import load_grid, load_views, run_grid
 from safemeta.config.loader import save_config
 from safemeta.errors import UserError
-from safemeta.leaderboard import make_leaderboards
+from safemeta.evaluation.leaderboard import make_leaderboards
 from safemeta.registry import load_plugin
 
 EXPLODING = textwrap.dedent('''

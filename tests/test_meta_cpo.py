@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from safemeta.adaptation import AdaptationResult, replay
+from safemeta.training.adaptation import AdaptationResult, replay
 from safemeta.algorithms.outer.dco_cpo import meta_gradients, post_adaptation_objectives
-from safemeta.params import flat, stack, unflat
-from safemeta.trainer import MetaTrainer
+from safemeta.rollout.params import flat, stack, unflat
+from safemeta.training.trainer import MetaTrainer
+from safemeta.evaluation.meta_test import evaluate
 
 K, M = 2, 2
 BACKENDS = [("analytic", "fisher"), ("analytic", "euclidean"), ("cvxpylayers", "euclidean"), ("qpth", "euclidean")]
@@ -245,7 +246,7 @@ def test_task_critics_start_from_the_carried_initialization(make_config, monkeyp
     """Issue 18, item 5: every adaptation of a meta_cpo run, in training and at meta-test, starts its task critics
     from the critics' initialization the trainer carries (fitted on the meta-policy's rollouts), not from a random
     init: after one iteration that initialization has moved, and iteration 2 and the meta-test start from it."""
-    from safemeta.adaptation import Adapter
+    from safemeta.training.adaptation import Adapter
 
     t = _trainer(make_config)
     starts = []
@@ -269,7 +270,7 @@ def test_task_critics_start_from_the_carried_initialization(make_config, monkeyp
     assert not equal(after_one, init)  # fitted on the iteration's rollouts
     t.train_iteration()
     assert len(starts) == 2 and equal(starts[1], after_one)
-    t.meta_test(tasks=2, adapt_steps=1)
+    evaluate(t, tasks=2, adapt_steps=1)
     assert len(starts) == 3 and equal(starts[2], carried(2))
 
 
@@ -279,7 +280,7 @@ GAMMA_C = 0.9
 def _small_batch(t, gen):
     """2 tasks x 6 steps x 2 envs by hand: episodes cut by truncations and terminations, unfinished tails, costs
     in {0, 1, 2, 3}; logp from theta (so theta is the sampling policy) and random advantages."""
-    from safemeta.batch import Batch, episode_means
+    from safemeta.rollout.batch import Batch, episode_means
 
     n, steps, e = 2, 6, 2
     ends = {(0, 0): {2: "trunc", 5: "trunc"}, (0, 1): {1: "term", 4: "trunc"},  # (0, 1): step 5 unfinished
@@ -320,7 +321,7 @@ def test_discounted_constraint_value_matches_a_hand_computation(make_config):
     constraint."""
     from safemeta.algorithms.inner.base import episode_cost_advantages
     from safemeta.algorithms.inner.cpo import CPO, CPOConfig, discounted_cost_advantages
-    from safemeta.batch import episode_means
+    from safemeta.rollout.batch import episode_means
 
     t = _trainer(make_config)
     batch, theta, ends = _small_batch(t, torch.Generator().manual_seed(0))

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from safemeta.algorithms.outer.dco_cpo import meta_gradients
-from safemeta.batch import gae
-from safemeta.model import stacked_theta
-from safemeta.params import flat, stack
-from safemeta.trainer import MetaTrainer
+from safemeta.rollout.batch import gae
+from safemeta.training.model import stacked_theta
+from safemeta.rollout.params import flat, stack
+from safemeta.training.trainer import MetaTrainer
 
 K, M = 2, 2
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from scipy.optimize import minimize, minimize_scalar
 
-from safemeta.algorithms.meta_srl.online_dualdice import (distance_grad, distance_term, estimated_visitation,
+from safemeta.algorithms.meta_srl.tabular_learner import (distance_grad, distance_term, estimated_visitation,
                                                           ftl_step_size, local_norm, step_size_bound)
 from safemeta.algorithms.meta_srl.tabular_crpo import crpo, softmax
 from safemeta.cli import main
-from safemeta.online import build_online_config, run_online
-from safemeta.tabular import evaluate, q_values, solve_constrained, state_occupancy
+from safemeta.online.protocol import build_online_config, run_online
+from safemeta.rollout.tabular import evaluate, q_values, solve_constrained, state_occupancy
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_ftl_initialization_minimizes_the_summed_distance():
 def test_shrink_is_the_kl_projection_onto_the_shrunk_simplex():
     """shrink(p) = argmin_{q >= gamma_s / A} KL(p || q) (the FTL leader's form) = argmin KL(q || p) (the
     Bregman projection), checked against a numerical solve; it leaves points inside the set alone."""
-    from safemeta.algorithms.meta_srl.online_dualdice import shrink
+    from safemeta.algorithms.meta_srl.tabular_learner import shrink
 
     rng = np.random.default_rng(0)
     gamma_s, n_a = 0.2, 4
@@ -107,7 +107,7 @@ def test_the_initialization_stays_on_the_shrunk_simplex_as_the_constrained_leade
     """With shrinkage gamma_s every probability of pi_phi stays >= gamma_s / |A| (the unshrunk leader, the
     visitation-weighted mixture of the handed-out policies, goes below it), and phi is the minimizer of the
     summed distance *over that set*: no perturbation projected back into it lowers the sum."""
-    from safemeta.algorithms.meta_srl.online_dualdice import shrink
+    from safemeta.algorithms.meta_srl.tabular_learner import shrink
 
     gamma_s = 0.2
     learner, terms = _observe_tasks({"phi_update": "ftl", "shrinkage": gamma_s}, 3, steps=5)
@@ -144,7 +144,7 @@ def test_crpo_hands_out_the_latest_iterate_within_the_limit_and_the_protocol_sco
     """CRPO's output rule (Algorithm 1 outputs from N_0): the handed-out policy is the latest iterate whose
     exact J_c is within d + eta (the last where none is); the protocol's gap and violation are that policy's,
     recomputed here from the LP optimum, and the learner learns from that policy, not the last iterate."""
-    import safemeta.online as online
+    import safemeta.online.protocol as online
 
     seen = []
     original = online.crpo
@@ -190,7 +190,7 @@ def test_within_task_bound_holds_with_the_exact_optimum(family):
     bound, its TACV at most tol."""
     from scipy.special import logsumexp
 
-    from safemeta.online import nearest_optimum
+    from safemeta.online.protocol import nearest_optimum
 
     cfg, lcfg, fam = build_online_config({"tasks": 6, "steps": 5, "tolerance": 0.05, "env_cfg": {"similarity": 0.9}})
     from safemeta import registry
@@ -311,8 +311,8 @@ def test_online_grid_writes_a_board_and_skips_finished_cells(tmp_path):
 def test_discounted_visitation_restarts_at_episode_boundaries():
     import torch
 
-    from safemeta.algorithms.outer.online_dualdice import discounted_visitation
-    from safemeta.batch import Batch
+    from safemeta.algorithms.outer.meta_srl import discounted_visitation
+    from safemeta.rollout.batch import Batch
 
     z = torch.zeros(1, 4, 1)
     done = torch.tensor([False, True, False, False]).reshape(1, 4, 1)
@@ -330,7 +330,7 @@ def test_meta_srl_preset_learns_from_the_handed_out_policy_and_follows_the_leade
     alpha_{t+1} is the minimizer of the summed bounds built from the logged terms; phi is the leader of all
     tasks so far (the distillation stopped near it: more steps barely lower the loss, the gradient is small)
     and moved toward pi_hat_t. Resuming restores alpha, the history and the leader's targets."""
-    from safemeta.trainer import MetaTrainer
+    from safemeta.training.trainer import MetaTrainer
 
     t = MetaTrainer(make_config(algo="meta_srl", trainer={"adapt_steps": 3, "tasks_per_iter": 1},
                                 outer_cfg={"online_dualdice": {"visitation": visitation, "eps": 0.01}}))
@@ -365,9 +365,9 @@ def test_meta_srl_preset_learns_from_the_handed_out_policy_and_follows_the_leade
 def test_handed_out_is_the_inner_solvers_output_rule(make_config):
     """`handed_out` picks, per task, the latest iterate whose own batch was within d + eta (``inner.output``),
     theta_K where none was; with a limit between the iterates' costs some tasks hand out an earlier one."""
-    from safemeta.algorithms.outer.online_dualdice import handed_out
-    from safemeta.model import stacked_theta
-    from safemeta.trainer import MetaTrainer
+    from safemeta.algorithms.outer.meta_srl import handed_out
+    from safemeta.training.model import stacked_theta
+    from safemeta.training.trainer import MetaTrainer
 
     t = MetaTrainer(make_config(algo="meta_srl", trainer={"adapt_steps": 3, "tasks_per_iter": 1}))
     tasks = t.family.sample(4, "train", np.random.default_rng(0))
@@ -388,14 +388,14 @@ def test_handed_out_is_the_inner_solvers_output_rule(make_config):
 
 def test_meta_srl_refuses_an_inner_solver_without_step_sizes(make_config):
     from safemeta.errors import UserError
-    from safemeta.trainer import MetaTrainer
+    from safemeta.training.trainer import MetaTrainer
 
     with pytest.raises(UserError, match="step size steps.*Inner solvers that do: crpo"):
         MetaTrainer(make_config(algo="meta_srl", inner="trpolag"))
 
 
 def test_continuous_online_protocol_runs_every_learner_and_reuses_its_references(tmp_path):
-    from safemeta.online_continuous import run_online_continuous
+    from safemeta.online.continuous import run_online_continuous
 
     cache = tmp_path / "reference.json"
     results = {}
@@ -417,10 +417,10 @@ def test_continuous_online_protocol_runs_every_learner_and_reuses_its_references
 def test_continuous_protocol_scores_and_learns_the_handed_out_policy(tmp_path, monkeypatch, learner):
     """The scored rollout is a fresh one of the policy CRPO hands out (not theta_K, not the batch that
     selected it), its return and cost are the row's; fal averages the handed-out parameters."""
-    import safemeta.online_continuous as oc
-    from safemeta.adaptation import Adapter
-    from safemeta.algorithms.outer.online_dualdice import handed_out
-    from safemeta.collector import Collector
+    import safemeta.online.continuous as oc
+    from safemeta.training.adaptation import Adapter
+    from safemeta.algorithms.outer.meta_srl import handed_out
+    from safemeta.rollout.collector import Collector
 
     results, collected = [], []
     adapt, collect = Adapter.adapt, Collector.collect
@@ -477,7 +477,7 @@ def test_continuous_protocol_scores_and_learns_the_handed_out_policy(tmp_path, m
 
 
 def _tiny_actor():
-    from safemeta.policy import GaussianActor, batched, init_params
+    from safemeta.rollout.policy import GaussianActor, batched, init_params
 
     torch.manual_seed(0)
     actor = GaussianActor(3, 2, (16,), "tanh", 0.0)
@@ -486,8 +486,8 @@ def _tiny_actor():
 
 def _distill(actor_fn, theta, targets, **kw):
     """`distill_mixture` with the learner's default budget (as meta_srl and averaging run it)."""
-    from safemeta.algorithms.outer.online_dualdice import NeuralOnlineDualDICEConfig
-    from safemeta.online_continuous import distill_mixture
+    from safemeta.algorithms.outer.meta_srl import NeuralOnlineDualDICEConfig
+    from safemeta.online.continuous import distill_mixture
 
     cfg = NeuralOnlineDualDICEConfig()
     return distill_mixture(actor_fn, theta, targets, cfg.distill_iters, cfg.lr_phi, tol=cfg.distill_tol,
@@ -495,8 +495,8 @@ def _distill(actor_fn, theta, targets, **kw):
 
 
 def test_averaging_distils_toward_a_single_past_policy():
-    from safemeta.online_continuous import policy_target
-    from safemeta.params import stack
+    from safemeta.online.continuous import policy_target
+    from safemeta.rollout.params import stack
 
     actor_fn, theta = _tiny_actor()
     gen = torch.Generator().manual_seed(0)
@@ -517,8 +517,8 @@ def test_the_default_distillation_reaches_the_leader(forget):
     theta_1) has log std 0."""
     import math
 
-    from safemeta.online_continuous import mixture_distance, policy_target
-    from safemeta.params import stack
+    from safemeta.online.continuous import mixture_distance, policy_target
+    from safemeta.rollout.params import stack
 
     actor_fn, theta = _tiny_actor()
     gen = torch.Generator().manual_seed(0)
@@ -540,12 +540,12 @@ def test_the_default_distillation_reaches_the_leader(forget):
 def test_every_continuous_learner_carries_its_critics_initialization(tmp_path, monkeypatch, learner):
     """Task 2's critics start from the learner's carried initialization as fitted on task 1's first batch
     (`fit_meta_critics`), not from the shared init; task 1's start from the shared init (pretrained: its own)."""
-    import safemeta.model
-    import safemeta.online_continuous as oc
-    from safemeta.adaptation import Adapter
+    import safemeta.training.model
+    import safemeta.online.continuous as oc
+    from safemeta.training.adaptation import Adapter
 
     shared, starts, fits, results = {}, [], [], []
-    make, fit, adapt, critics = oc.make_learner, safemeta.model.fit_meta_critics, Adapter.adapt, oc.Learner.critics
+    make, fit, adapt, critics = oc.make_learner, safemeta.training.model.fit_meta_critics, Adapter.adapt, oc.Learner.critics
 
     def make_learner(cfg, trainer):
         shared.update({k: v.clone() for k, v in trainer.meta.critic_reward.items()})
@@ -567,7 +567,7 @@ def test_every_continuous_learner_carries_its_critics_initialization(tmp_path, m
 
     monkeypatch.setattr(oc, "make_learner", make_learner)
     monkeypatch.setattr(oc.Learner, "critics", start)
-    monkeypatch.setattr(safemeta.model, "fit_meta_critics", fitted)
+    monkeypatch.setattr(safemeta.training.model, "fit_meta_critics", fitted)
     monkeypatch.setattr(Adapter, "adapt", recorded)
     cfg, _, _ = build_online_config({"env": "tiny-nav", "learner": learner, "tasks": 2, "steps": 1,
                                      "reference_steps": 2, "pretrain_iters": 1, "envs_per_task": 2})
@@ -590,7 +590,7 @@ def test_every_continuous_learner_carries_its_critics_initialization(tmp_path, m
 
 def test_an_unknown_continuous_learner_lists_the_valid_ones():
     from safemeta.errors import UserError
-    from safemeta.online_continuous import CONTINUOUS_LEARNERS, ContinuousOnlineConfig, make_learner
+    from safemeta.online.continuous import CONTINUOUS_LEARNERS, ContinuousOnlineConfig, make_learner
 
     assert "averaging" in CONTINUOUS_LEARNERS
     with pytest.raises(UserError, match="'nope' is not one of meta_srl, random, pretrained, fal, averaging"):

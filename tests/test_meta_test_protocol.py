@@ -8,7 +8,8 @@ import torch
 
 import safemeta
 from safemeta.errors import UserError
-from safemeta.trainer import MetaTrainer, planned_iterations
+from safemeta.training.trainer import MetaTrainer, planned_iterations
+from safemeta.evaluation.meta_test import evaluate
 from tests.conftest import run_cli
 
 
@@ -17,7 +18,7 @@ def test_meta_test_scores_against_the_test_cost_limit():
                                           "eval": {"tasks": 2, "adapt_steps": 0, "episodes": 2}})])
     t = MetaTrainer(cfg)
     assert t.family.cost_limit_for("train") == 10.0
-    report = t.meta_test()
+    report = evaluate(t)
     assert report["cost_limit"] == 5.0 and report["protocol"]["cost_limit"] == 5.0
     step = report["steps"][0]["per_task"]
     assert step["within_limit"] == [c <= 5.0 for c in step["cost"]]
@@ -46,7 +47,7 @@ class _Spy:
 def test_each_step_is_scored_on_fresh_episodes_of_the_policy_after_it(make_config, monkeypatch):
     t = MetaTrainer(make_config(eval={"tasks": 3, "adapt_steps": 2, "envs_per_task": 4, "episodes": 6}))
     spy = _Spy(t, monkeypatch)
-    report = t.meta_test()
+    report = evaluate(t)
     scored = [c for c in spy.collected if c[1] == 3 * 6]  # the evaluation venv: 6 episodes x 3 tasks
     adapting = [c for c in spy.collected if c[1] == 3 * 4]
     assert len(scored) == 3 and len(adapting) == 2 and len(spy.trained_on) == 2
@@ -78,7 +79,7 @@ def _first_lagrange(trainer, monkeypatch, **view):
         return step(solver, params, batch, state, differentiable)
 
     monkeypatch.setattr(TRPOLag, "step", spy)
-    report = trainer.meta_test(tasks=2, adapt_steps=1, episodes=2, **view)
+    report = evaluate(trainer, tasks=2, adapt_steps=1, episodes=2, **view)
     monkeypatch.setattr(TRPOLag, "step", step)
     return seen, report["protocol"]
 
@@ -101,7 +102,7 @@ def test_common_solver_view_fine_tunes_every_row_with_the_named_solver_at_the_fa
         assert seen["lagrange"].tolist() == [want, want]
         assert protocol["inherited"] == ({"lagrange": want} if mult == "inherit" else {})
     # the run's own solver (cpo, no multiplier): nothing to inherit, own settings
-    own = c_maml.meta_test(tasks=1, adapt_steps=0, episodes=1)["protocol"]
+    own = evaluate(c_maml, tasks=1, adapt_steps=0, episodes=1)["protocol"]
     assert own["solver"] == {"name": "cpo", "view": "own", "settings": own["solver"]["settings"]}
     assert own["inherited"] == {}
 
@@ -117,8 +118,8 @@ def test_fresh_critics_differ_from_the_carried_initialization(make_config, monke
         return adapt(adapter, init, venv, steps, state, critic_params, *a, **k)
 
     monkeypatch.setattr(type(t.adapter), "adapt", spy)
-    t.meta_test(tasks=2, adapt_steps=0, episodes=1)
-    t.meta_test(tasks=2, adapt_steps=0, episodes=1, critics="fresh")
+    evaluate(t, tasks=2, adapt_steps=0, episodes=1)
+    evaluate(t, tasks=2, adapt_steps=0, episodes=1, critics="fresh")
     carried = t.meta.critics_for(2).cost
     assert all(torch.equal(starts[0][k], carried[k]) for k in carried)
     assert not all(torch.equal(starts[1][k], carried[k]) for k in carried)

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import safemeta
-from safemeta.adaptation import AdaptationResult, replay
+from safemeta.training.adaptation import AdaptationResult, replay
 from safemeta.algorithms.inner.trpo import TRPO, TRPOConfig
 from safemeta.algorithms.inner.trpolag import TRPOLag, TRPOLagConfig
 from safemeta.algorithms.outer.dco_cpo import meta_gradients, post_adaptation_objectives
 from safemeta.errors import UserError
-from safemeta.params import flat, stack, unflat
-from safemeta.trainer import MetaTrainer
+from safemeta.rollout.params import flat, stack, unflat
+from safemeta.training.trainer import MetaTrainer
 
 K, M = 2, 2
 

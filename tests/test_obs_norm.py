@@ -4,8 +4,9 @@ survive a checkpoint."""
 import numpy as np
 import torch
 
-from safemeta.obs_norm import RunningObsNorm
-from safemeta.trainer import MetaTrainer
+from safemeta.rollout.obs_norm import RunningObsNorm
+from safemeta.training.trainer import MetaTrainer
+from safemeta.evaluation.meta_test import evaluate
 
 
 def test_running_moments_equal_the_moments_of_all_data():
@@ -30,7 +31,7 @@ def test_trainer_normalizes_between_iterations_and_not_at_meta_test(make_config)
     t.train_iteration()
     first = t.obs_norm.state_dict()
     assert first["count"] > 0 and not torch.allclose(first["var"], torch.ones_like(first["var"]))
-    t.meta_test(tasks=2, adapt_steps=1)
+    evaluate(t, tasks=2, adapt_steps=1)
     torch.testing.assert_close(t.obs_norm.state_dict()["mean"], first["mean"])  # meta-test leaves it alone
     t.train_iteration()
     state = t.state_dict()
@@ -50,7 +51,7 @@ def test_collected_batches_hold_normalized_observations(make_config):
     for _ in range(2):
         t.train_iteration()
     venv = t.family.make(t.family.sample(2, "train", np.random.default_rng(0)), 4, "cpu", 0)
-    from safemeta.model import stacked_theta
+    from safemeta.training.model import stacked_theta
 
     batch = t.adapter.collector.collect(stacked_theta(t.meta, 2), venv, 1, torch.Generator().manual_seed(0))
     assert batch.obs.abs().max() <= 1.5 + 1e-6

@@ -1,4 +1,4 @@
-"""safemeta families as OmniSafe environments (safemeta/omnisafe_env.py): the CMDP contract, and
+"""safemeta families as OmniSafe environments (safemeta/compat/omnisafe_env.py): the CMDP contract, and
 OmniSafe's own PPOLag / CPO training on ``SafeMeta-tiny-nav-v0``."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from safemeta.errors import UserError
-from safemeta.omnisafe_env import cost_limit_of, family_of, register_safemeta_envs
+from safemeta.compat.omnisafe_env import cost_limit_of, family_of, register_safemeta_envs
 
 pytestmark = pytest.mark.safety_gym  # omnisafe imports safety-gymnasium / MuJoCo
 
@@ -37,7 +37,7 @@ def make(env_id: str, num_envs: int, **kwargs):
 
 
 def test_import_safemeta_does_not_import_omnisafe():
-    code = ("import sys, safemeta, safemeta.omnisafe_env; from safemeta import registry; registry.load_builtins(); "
+    code = ("import sys, safemeta, safemeta.compat.omnisafe_env; from safemeta import registry; registry.load_builtins(); "
             "assert 'omnisafe' not in sys.modules and 'safety_gymnasium' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
 

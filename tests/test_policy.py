@@ -1,8 +1,8 @@
 """The fast stacked-MLP path equals the generic vmap(functional_call) path, values and gradients."""
 import torch
 
-from safemeta.params import stack
-from safemeta.policy import Critic, GaussianActor, batched, init_params, vmapped
+from safemeta.rollout.params import stack
+from safemeta.rollout.policy import Critic, GaussianActor, batched, init_params, vmapped
 
 
 def _stacked(module, n):

@@ -16,7 +16,7 @@ import safemeta
 from safemeta.envs import safety_gym_families as sgf
 from safemeta.envs.goal import PointGoalSplit
 from safemeta.errors import UserError
-from safemeta.task import Task
+from safemeta.rollout.task import Task
 
 FAMILIES = {"sg-point-circle": (sgf.SGPointCircle, 28), "sg-car-circle-hazard": (sgf.SGCarCircleHazard, 56),
             "sg-point-button": (sgf.SGPointButton, 60), "sg-point-goal": (sgf.SGPointGoal, 60)}

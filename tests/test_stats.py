@@ -1,7 +1,7 @@
 """Bootstrap intervals: cover the mean of a known sample, shrink with more data, respect the seed level."""
 import numpy as np
 
-from safemeta.stats import bootstrap, iqm
+from safemeta.evaluation.stats import bootstrap, iqm
 
 
 def test_interval_covers_the_mean_and_shrinks_with_more_data():

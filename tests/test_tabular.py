@@ -1,4 +1,4 @@
-"""Exact tabular CMDP tools (`safemeta.tabular`) and the ``tabular-gridworld`` family.
+"""Exact tabular CMDP tools (`safemeta.rollout.tabular`) and the ``tabular-gridworld`` family.
 
 The exact quantities are checked against independent computations: Monte-Carlo rollouts of the
 batched env, iterative (Bellman) policy evaluation, value iteration, and brute force over a grid of
@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import stats
 
-from safemeta import tabular as tb
+from safemeta.rollout import tabular as tb
 from safemeta.envs.tabular_gridworld import (DOWN, LEFT, RIGHT, UP, TabularGridworld, TabularGridworldConfig,
                                              TabularGridworldEnv)
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 import safemeta
-from safemeta.checkpoint import Checkpointer
+from safemeta.training.checkpoint import Checkpointer
 from tests.conftest import REPO
 
 

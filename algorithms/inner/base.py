@@ -20,20 +20,26 @@ updaters differentiate theta_K whatever ``output`` says; meta-tests report every
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
-from safemeta.batch import Batch
+from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
-from safemeta.params import Params, select
-from safemeta.policy import GaussianActor, batched, gaussian_kl, gaussian_log_prob
-
-if TYPE_CHECKING:
-    from safemeta.adaptation import AdaptationResult
+from safemeta.rollout.params import Params, select
+from safemeta.rollout.policy import GaussianActor, batched, gaussian_kl, gaussian_log_prob
 
 State = dict[str, Tensor]
+
+
+class Iterates(Protocol):
+    """What ``output`` reads of an adaptation (`safemeta.training.adaptation.AdaptationResult` is one):
+    theta_0 .. theta_K, the batch each collected, and the solver's state after the steps."""
+
+    params: list[Params]
+    batches: list[Batch]
+    state: State
 
 
 class InnerSolver(ABC):
@@ -75,7 +81,7 @@ class InnerSolver(ABC):
         """How far above d a cost estimate still counts as feasible (CRPO's eta; 0 for the others)."""
         return 0.0
 
-    def output(self, result: "AdaptationResult") -> Params:
+    def output(self, result: Iterates) -> Params:
         """The per-task policy to hand out after ``result``'s steps (see the module docstring)."""
         if self.output_rule == "last":
             return result.params[-1]
@@ -133,7 +139,7 @@ def output_field(default: str):
                              "latest iterate whose own cost estimate was within d (+ tolerance)")
 
 
-def latest_within_limit(result: "AdaptationResult", tolerance: float = 0.0) -> Params:
+def latest_within_limit(result: Iterates, tolerance: float = 0.0) -> Params:
     """Per task, the latest theta_k whose batch (collected by theta_k) has ``ep_constraint_cost <= d +
     tolerance``; theta_K where none has. theta_K is judged only if a rollout followed the last step."""
     out = result.params[-1]

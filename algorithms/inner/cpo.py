@@ -42,10 +42,10 @@ from safemeta.algorithms.inner.cpo_backends import solve_with_backend
 from safemeta.algorithms.inner.cpo_step import solve_cpo
 from safemeta.algorithms.inner.natural_gradient import (backtracking_line_search, conjugate_gradient,
                                                         fisher_vector_product, flat_grad, implicit_solve)
-from safemeta.batch import Batch
+from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.errors import UserError
-from safemeta.params import Params, add, detach, unflat
+from safemeta.rollout.params import Params, add, detach, unflat
 from safemeta.registry import register_inner
 
 

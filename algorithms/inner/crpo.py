@@ -29,9 +29,9 @@ from torch import Tensor
 
 from safemeta.algorithms.inner.base import InnerSolver, State, fvp_subsample_field, normalize, output_field
 from safemeta.algorithms.inner.natural_gradient import conjugate_gradient, fisher_vector_product, flat_grad
-from safemeta.batch import Batch
+from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
-from safemeta.params import Params, add, detach, unflat
+from safemeta.rollout.params import Params, add, detach, unflat
 from safemeta.registry import register_inner
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from safemeta.params import Params, add, detach, flat, select, unflat
+from safemeta.rollout.params import Params, add, detach, flat, select, unflat
 
 
 def flat_grad(value: Tensor, params: Params, create_graph: bool = False, retain_graph: bool | None = None) -> Tensor:

@@ -24,9 +24,9 @@ from torch import Tensor
 from safemeta.algorithms.inner.base import InnerSolver, State, fvp_subsample_field, normalize
 from safemeta.algorithms.inner.natural_gradient import (backtracking_line_search, conjugate_gradient,
                                                         fisher_vector_product, flat_grad, implicit_solve)
-from safemeta.batch import Batch
+from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
-from safemeta.params import Params, add, detach, unflat
+from safemeta.rollout.params import Params, add, detach, unflat
 from safemeta.registry import register_inner
 
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from safemeta.algorithms.inner.base import State, normalize, output_field
 from safemeta.algorithms.inner.trpo import TRPOConfig, TrustRegionSolver
-from safemeta.batch import Batch
+from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.registry import register_inner
 

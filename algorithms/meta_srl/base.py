@@ -1,4 +1,4 @@
-"""The `OnlineLearner` contract (registry ``online``) of the online meta-RL protocol (`safemeta.online`).
+"""The `OnlineLearner` contract (registry ``online``) of the online meta-RL protocol (`safemeta.online.protocol`).
 
 Tasks arrive one after another. Before task t the learner proposes the within-task algorithm's
 initialization phi_t (softmax logits ``[S, A]``) and step size alpha_t (`propose`); CRPO then runs M

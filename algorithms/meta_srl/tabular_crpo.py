@@ -7,7 +7,7 @@ where the natural policy gradient step is the closed form (Agarwal et al. 2021, 
     otherwise:                theta_{k+1} = theta_k - alpha / (1 - gamma) * Q_c^{pi_k}     (cost step)
 
 for k = 0 .. M-1 from theta_0 = phi (the meta-initialization) with step size alpha (both chosen by the
-meta-learner in Meta-SRL). Q and J are evaluated exactly from the tables (`safemeta.tabular`), so the
+meta-learner in Meta-SRL). Q and J are evaluated exactly from the tables (`safemeta.rollout.tabular`), so the
 within-task estimation error of CRPO's analysis is zero here; what Meta-SRL has to *estimate* after the
 task is the visitation of the final policy, and for that every step also collects episodes of pi_k in
 the true CMDP (``episodes`` per step, ``horizon`` steps each): the transitions the meta-learner's
@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from safemeta.tabular import TabularCMDP, evaluate, q_values
+from safemeta.rollout.tabular import TabularCMDP, evaluate, q_values
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

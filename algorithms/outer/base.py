@@ -23,13 +23,13 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from safemeta import registry
-from safemeta.adaptation import AdaptationResult
+from safemeta.training.adaptation import AdaptationResult
 from safemeta.algorithms.inner.base import InnerSolver
 from safemeta.config.schema import Config
-from safemeta.critics import CriticParams, Critics
+from safemeta.rollout.critics import CriticParams, Critics
 from safemeta.errors import UserError
-from safemeta.model import MetaParams
-from safemeta.task import Task, TaskFamily
+from safemeta.training.model import MetaParams
+from safemeta.rollout.task import Task, TaskFamily
 
 
 @dataclass

@@ -44,7 +44,7 @@ stricter reading of the same d, and the one whose satisfaction the meta-test rep
 
 The task critics (V_R, V_C) of every adaptation, in training and at meta-test, start from the critics'
 initialization that the trainer carries across iterations for every method (`OuterUpdater.initial_critics`,
-fitted on the meta-policy's pooled rollouts by `safemeta.model.fit_meta_critics`), not from a random init:
+fitted on the meta-policy's pooled rollouts by `safemeta.training.model.fit_meta_critics`), not from a random init:
 the counterpart of the reference code's one persistent critic pair
 (``tests/test_meta_cpo.py::test_task_critics_start_from_the_carried_initialization``).
 
@@ -64,18 +64,18 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from safemeta.adaptation import AdaptationResult, replay
+from safemeta.training.adaptation import AdaptationResult, replay
 from safemeta.algorithms.inner.base import InnerSolver, State
 from safemeta.algorithms.inner.cpo import constraint_terms
 from safemeta.algorithms.inner.cpo_step import solve_cpo
 from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
 from safemeta.algorithms.outer.meta_optimizer import meta_fisher_solve
-from safemeta.batch import Batch
+from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.errors import UserError
-from safemeta.params import Params, add, flat, stack, unflat
+from safemeta.rollout.params import Params, add, flat, stack, unflat
 from safemeta.registry import register_outer
-from safemeta.task import Task
+from safemeta.rollout.task import Task
 
 
 @dataclass

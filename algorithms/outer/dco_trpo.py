@@ -27,12 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from safemeta.adaptation import AdaptationResult
+from safemeta.training.adaptation import AdaptationResult
 from safemeta.algorithms.outer.dco_cpo import DCOCPO, DCOCPOConfig, meta_gradients
 from safemeta.algorithms.outer.meta_optimizer import meta_fisher_solve
 from safemeta.config.schema import spec
 from safemeta.registry import register_outer
-from safemeta.task import Task
+from safemeta.rollout.task import Task
 
 
 @dataclass

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from safemeta.adaptation import AdaptationResult
+from safemeta.training.adaptation import AdaptationResult
 from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
 from safemeta.algorithms.outer.meta_optimizer import MetaOptimizerConfig, ascend, make_meta_optimizer
-from safemeta.params import Params, detach
+from safemeta.rollout.params import Params, detach
 from safemeta.registry import register_outer
-from safemeta.task import Task
+from safemeta.rollout.task import Task
 
 
 @dataclass

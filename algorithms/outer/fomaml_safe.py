@@ -9,7 +9,7 @@ batch the post-adaptation rollouts of pi'_p. Then:
 
 - global cost critic (eq. 12): V_C is regressed on the meta-policy's rollouts across the sampled tasks
   (batch 0, all tasks pooled), from its previous value. The trainer does this for every method before the
-  outer update (`safemeta.model.fit_meta_critics`); ``result.meta_batch`` is batch 0 annotated by it;
+  outer update (`safemeta.training.model.fit_meta_critics`); ``result.meta_batch`` is batch 0 annotated by it;
 - meta-gradient (eq. 21 with eq. 14 / 30): the first-order (FOMAML) gradient of each task's
   post-adaptation Lagrangian, averaged over tasks, minus eta times the meta-policy's cost
   policy-gradient with V_C's advantages (the term that does not depend on pi'_p):
@@ -69,20 +69,20 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from safemeta.adaptation import AdaptationResult
+from safemeta.training.adaptation import AdaptationResult
 from safemeta.algorithms.inner.base import normalize
 from safemeta.algorithms.inner.natural_gradient import flat_grad
 from safemeta.algorithms.inner.trpolag import lagrangian_advantages
 from safemeta.algorithms.outer.base import OuterContext
 from safemeta.algorithms.outer.fomaml import FOMAML, first_order_meta_gradient
 from safemeta.algorithms.outer.meta_optimizer import MetaOptimizerConfig, ascend, meta_fisher_solve
-from safemeta.batch import Batch
+from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
-from safemeta.critics import CriticParams, Critics
-from safemeta.params import Params, flat, stack, unflat
-from safemeta.policy import Critic, init_params
+from safemeta.rollout.critics import CriticParams, Critics
+from safemeta.rollout.params import Params, flat, stack, unflat
+from safemeta.rollout.policy import Critic, init_params
 from safemeta.registry import register_outer
-from safemeta.task import Task
+from safemeta.rollout.task import Task
 
 FRESH_COST_CRITIC_SEED_OFFSET = 104729  # the ablation's fixed random cost-critic init, apart from the run's seed
 

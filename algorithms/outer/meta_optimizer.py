@@ -11,9 +11,9 @@ from torch import Tensor
 
 from safemeta.algorithms.inner.base import InnerSolver
 from safemeta.algorithms.inner.natural_gradient import conjugate_gradient, fisher_vector_product
-from safemeta.batch import Batch
+from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
-from safemeta.params import Params
+from safemeta.rollout.params import Params
 
 
 @dataclass

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from safemeta.adaptation import AdaptationResult
+from safemeta.training.adaptation import AdaptationResult
 from safemeta.algorithms.outer.base import OuterUpdater
 from safemeta.registry import register_outer
-from safemeta.task import Task
+from safemeta.rollout.task import Task
 
 
 @dataclass

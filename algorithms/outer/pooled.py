@@ -2,7 +2,7 @@
 
 Each iteration the meta-policy's rollouts on the M sampled tasks are merged into one task's batch
 (``Batch.pooled``), annotated by the critics' initialization that the trainer fits on it for every method
-(``result.meta_batch``, `safemeta.model.fit_meta_critics`), and one inner step updates theta.
+(``result.meta_batch``, `safemeta.training.model.fit_meta_critics`), and one inner step updates theta.
 This is the ``pretrained`` baseline: a good average policy, adapted at meta-test like the others.
 """
 from __future__ import annotations
@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from safemeta.adaptation import AdaptationResult
+from safemeta.training.adaptation import AdaptationResult
 from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
-from safemeta.params import stack
+from safemeta.rollout.params import stack
 from safemeta.registry import register_outer
-from safemeta.task import Task
+from safemeta.rollout.task import Task
 
 
 @dataclass

@@ -28,7 +28,7 @@ class PolicyConfig:
     activation: Literal["tanh", "relu", "elu"] = "tanh"
     init_log_std: float = spec(0.0, doc="initial log standard deviation of the Gaussian (OmniSafe's 0; chosen by "
                                         "measurement, benchmarks/README.md 'Learning signal')")
-    obs_normalize: bool = spec(True, doc="running mean / std normalization of observations (safemeta.obs_norm)")
+    obs_normalize: bool = spec(True, doc="running mean / std normalization of observations (safemeta.rollout.obs_norm)")
     obs_clip: float = spec(5.0, gt=0, doc="clip of the normalized observations")
 
 
@@ -51,7 +51,7 @@ class CriticConfig:
     cost_lam: float = spec(0.95, ge=0, le=1)
     cost_shaping_horizon: int = spec(0, ge=0, doc="H of CPO's cost shaping (Achiam et al. 2017, Sec. 6.3): the "
                                      "constraint is on C + coeff * min(1, c_t + ... + c_{t+H-1}); 0 is off "
-                                     "(safemeta.cost_shaping)")
+                                     "(safemeta.rollout.cost_shaping)")
     cost_shaping_coeff: float = spec(1.0, ge=0, doc="coeff of the cost-shaping bonus")
 
 
@@ -69,7 +69,7 @@ class TrainerConfig:
     keep_checkpoints: int = spec(3, ge=1)
     num_threads: int = spec(1, ge=1, doc="torch CPU threads (fixed so runs are reproducible)")
     device: str = "cpu"
-    executor: Literal["local", "ray"] = spec("local", doc="where per-task adaptation runs (safemeta.executor)")
+    executor: Literal["local", "ray"] = spec("local", doc="where per-task adaptation runs (safemeta.training.executor)")
     shards: int = spec(1, ge=1, doc="the iteration's tasks split into this many shards, each with its own envs "
                                     "and random stream; results depend on shards, never on executor or workers")
     ray_address: str = spec("", doc="Ray cluster to join ('' starts a local Ray with this machine's cores)")

@@ -24,11 +24,11 @@ import torch
 from torch import Tensor
 
 from safemeta.algorithms.inner.base import InnerSolver, State
-from safemeta.batch import Batch
-from safemeta.collector import Collector
-from safemeta.critics import CriticParams, Critics
-from safemeta.params import Params, select
-from safemeta.vec_cmdp import VecCMDP
+from safemeta.rollout.batch import Batch
+from safemeta.rollout.collector import Collector
+from safemeta.rollout.critics import CriticParams, Critics
+from safemeta.rollout.params import Params, select
+from safemeta.rollout.vec_cmdp import VecCMDP
 
 
 @dataclass
@@ -44,7 +44,7 @@ class AdaptationResult:
     # worker; `OuterUpdater.shard_terms`), or None when it computes from ``params`` itself
     meta_terms: dict[str, Tensor] | None = None
     # batch 0 of every task pooled into one, annotated by the critics' initialization after the trainer fitted
-    # it on that batch (`safemeta.model.fit_meta_critics`); set by the trainer before the outer update
+    # it on that batch (`safemeta.training.model.fit_meta_critics`); set by the trainer before the outer update
     meta_batch: Batch | None = None
 
     @property

@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-from safemeta.batch import Batch
+from safemeta.rollout.batch import Batch
 from safemeta.config.schema import Config
-from safemeta.critics import CriticParams, Critics, single
-from safemeta.params import Params, stack
-from safemeta.policy import Critic, GaussianActor, init_params
+from safemeta.rollout.critics import CriticParams, Critics, single
+from safemeta.rollout.params import Params, stack
+from safemeta.rollout.policy import Critic, GaussianActor, init_params
 
 
 @dataclass

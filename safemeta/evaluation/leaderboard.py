@@ -9,7 +9,7 @@ and every row of a table was meta-tested by the same protocol (checked; a mix is
 Per method (algo / inner): return and cost after 0, 1 and K fine-tuning steps on held-out tasks (fresh
 evaluation episodes), the share of test tasks within d after K steps, the cost paid while fine-tuning, and
 per step the mean cost and return; in the method view also the cost paid during meta-training, env steps
-and wall time. Means with 95% two-level bootstrap intervals over seeds and tasks (`safemeta.stats`), plus
+and wall time. Means with 95% two-level bootstrap intervals over seeds and tasks (`safemeta.evaluation.stats`), plus
 the IQM of the final return. The verdict column applies the metric of the paper the board tests (grid key
 ``metric``, `VERDICTS`); rows meeting it first, then by mean return after K steps.
 """
@@ -29,10 +29,10 @@ import yaml
 from safemeta.config.loader import load_config
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
-from safemeta.evaluation import describe_protocol
-from safemeta.stats import Estimate, bootstrap, iqm
-from safemeta.tracking import atomic_write_text
-from safemeta.trainer import planned_iterations
+from safemeta.evaluation.meta_test import describe_protocol
+from safemeta.evaluation.stats import Estimate, bootstrap, iqm
+from safemeta.training.tracking import atomic_write_text
+from safemeta.training.trainer import planned_iterations
 
 MAIN = "method"  # the view of each run's own meta_test.json
 
@@ -255,7 +255,7 @@ def _per_step_table(rows: list[Row], key: str) -> list[str]:
 
 def write_board(family: str, methods: dict[tuple[str, str], Method], out: Path, command: str,
                 grids: list[str]) -> Path:
-    from safemeta.plots import plot_adaptation, plot_training
+    from safemeta.evaluation.plots import plot_adaptation, plot_training
 
     all_methods = list(methods.values())
     first = all_methods[0].runs[0]

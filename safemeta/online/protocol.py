@@ -9,7 +9,7 @@
         learner.observe(pi_hat_t, the transitions)
     TAOG_t = mean_{tau <= t} gap_tau,  TACV_t = mean_{tau <= t} viol_tau
 
-On a family without exact tables the same grids run `safemeta.online_continuous` (gaps estimated against
+On a family without exact tables the same grids run `safemeta.online.continuous` (gaps estimated against
 long-trained references). A grid file (``leaderboards/grids/meta-srl-*.yaml``) names learners x task
 distributions x seeds;
 ``safemeta online GRID`` runs the cells it has not run yet (each writes ``<runs>/<grid>/<setting>/
@@ -31,8 +31,8 @@ from safemeta.algorithms.meta_srl.tabular_crpo import crpo, softmax
 from safemeta.config.loader import Validator, read_yaml
 from safemeta.config.schema import spec
 from safemeta.errors import UserError
-from safemeta.tabular import TabularCMDP, q_values, solve_constrained, state_occupancy
-from safemeta.tracking import atomic_write_text
+from safemeta.rollout.tabular import TabularCMDP, q_values, solve_constrained, state_occupancy
+from safemeta.training.tracking import atomic_write_text
 
 
 @dataclass
@@ -57,7 +57,7 @@ class OnlineConfig:
 def build_online_config(data: dict, source: str = "online config") -> tuple[Any, Any, Any]:
     """Validate ``data``: for a tabular family (one with ``cmdp(task)``) an `OnlineConfig`, the learner's
     config and the family; for any other family a `ContinuousOnlineConfig` (and two Nones)."""
-    from safemeta.online_continuous import ContinuousOnlineConfig
+    from safemeta.online.continuous import ContinuousOnlineConfig
 
     v = Validator({})
     env = data.get("env", OnlineConfig.env)
@@ -110,7 +110,7 @@ def run_online(cfg: OnlineConfig, learner_cfg: Any, family: Any, on_task=None) -
                "gap_last": optimum.J_r - run.returns[-1][0], "J_c_last": run.returns[-1][1],
                **{f"learner/{k}": float(v) for k, v in info.items()}}
         if "learner/distance" in row:  # the estimates against the truth (tabular only; the learner never sees it)
-            from safemeta.algorithms.meta_srl.online_dualdice import distance_term
+            from safemeta.algorithms.meta_srl.tabular_learner import distance_term
 
             exact = state_occupancy(cmdp, run.policy)
             if getattr(learner, "last_visitation", None) is not None:
@@ -216,37 +216,3 @@ def write_rows(path: Path, rows: list[dict], config: dict) -> None:
 def read_rows(path: Path) -> list[dict[str, float]]:
     with open(path) as f:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-
-def run_online_grid(path: str | Path, progress: bool = True) -> Path:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from safemeta.api import console
-
-    grid = load_online_grid(path)
-    cells = [(s, lrn, seed) for s in grid.settings for lrn in grid.learners for seed in grid.seeds]
-    todo = [c for c in cells if not cell_path(grid, *c).exists()]
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, disable=not progress) as bar:
-        cells_bar = bar.add_task(f"grid {grid.name}", total=len(todo))
-        for setting, learner, seed in todo:
-            data = _cell(grid, setting, learner, seed)
-            cfg, learner_cfg, family = build_online_config(data)
-            task_bar = bar.add_task(f"{setting} {learner} s{seed}", total=cfg.tasks)
-            tick = lambda _r, tb=task_bar: bar.advance(tb)  # noqa: E731
-            if family is None:  # a continuous family: references cached per setting and seed
-                from safemeta.online_continuous import run_online_continuous
-
-                cache = grid.runs / grid.name / setting / f"reference-s{seed}.json"
-                rows = run_online_continuous(cfg, cache, on_task=tick)
-            else:
-                rows = run_online(cfg, learner_cfg, family, on_task=tick)
-            write_rows(cell_path(grid, setting, learner, seed), rows, data)
-            bar.remove_task(task_bar)
-            bar.advance(cells_bar)
-    console.print(f"grid {grid.name}: {len(cells)} cells, {len(todo)} run, {len(cells) - len(todo)} already there")
-    from safemeta.online_board import write_online_board
-
-    board = write_online_board(grid, continuous=build_online_config(_cell(grid, *cells[0]))[2] is None)
-    console.print(f"wrote {board}")
-    return board

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from safemeta import registry
-from safemeta.adaptation import Adapter, AdaptationResult
+from safemeta.training.adaptation import Adapter, AdaptationResult
 from safemeta.config.loader import family_solver_config, to_dict
 from safemeta.config.schema import EvalConfig
-from safemeta.critics import CriticParams
+from safemeta.rollout.critics import CriticParams
 from safemeta.errors import UserError
-from safemeta.model import init_meta_params, stacked_theta
+from safemeta.training.model import init_meta_params, stacked_theta
 
 EVAL_SEED_OFFSET = 7919  # the evaluation episodes' env and action seeds, apart from the adaptation batches'
 
@@ -128,6 +128,18 @@ def meta_test(trainer, spec: MetaTestSpec, device: str = "cpu") -> dict:
             else 0, "eval_env_steps_per_step": scored.env_steps, "steps": steps}
 
 
+def evaluate(trainer, tasks: int | None = None, adapt_steps: int | None = None, seed: int | None = None,
+             **eval_overrides) -> dict:
+    """The meta-test of ``trainer.cfg.eval`` with the given fields replaced (e.g. ``inner="trpolag",
+    multipliers="fresh"`` for a common-solver view); its rollouts never move the observation normalization."""
+    spec = MetaTestSpec.from_config(trainer.cfg.eval, tasks=tasks, adapt_steps=adapt_steps, seed=seed, **eval_overrides)
+    try:
+        return meta_test(trainer, spec, trainer.cfg.trainer.device)
+    finally:
+        if trainer.obs_norm is not None:
+            trainer.obs_norm.discard()
+
+
 def describe_protocol(protocol: dict | None) -> str:
     """The meta-test protocol of a report in one paragraph (the header of a board's table)."""
     if not protocol:  # a report from before the protocol was recorded
@@ -160,7 +172,7 @@ def view_path(run_dir: Path, name: str) -> Path:
 
 def save_view(run_dir: Path, name: str, report: dict) -> Path:
     """Store a meta-test report as the run's view ``name`` (``RUN_DIR/views/NAME.json``), atomically."""
-    from safemeta.tracking import atomic_write_text
+    from safemeta.training.tracking import atomic_write_text
 
     path = view_path(run_dir, name)
     path.parent.mkdir(exist_ok=True)

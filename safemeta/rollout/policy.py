@@ -1,6 +1,6 @@
 """Gaussian MLP actor and reward/cost critics evaluated with per-task stacked parameters.
 
-The modules only define the architecture; parameters live outside them (`safemeta.params`) and are
+The modules only define the architecture; parameters live outside them (`safemeta.rollout.params`) and are
 applied with ``torch.func.functional_call`` vectorized over the task dimension with ``vmap``, so one
 call evaluates every task's policy on its own observations.
 
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from safemeta.params import Params
+from safemeta.rollout.params import Params
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 

@@ -11,7 +11,7 @@
 
 Returns and costs are undiscounted episode means of rollouts (the trainer's own statistics), so the gap
 is an estimate against a long-trained reference, not the exact LP gap of the tabular protocol
-(`safemeta.online`). Learners (where CRPO starts task t):
+(`safemeta.online.protocol`). Learners (where CRPO starts task t):
 
 * ``meta_srl``: the `online_dualdice` outer updater of preset meta_srl, learning theta and alpha;
 * ``random``: a fresh random policy init per task (no transfer);
@@ -23,7 +23,7 @@ is an estimate against a long-trained reference, not the exact LP gap of the tab
   L_t(theta) = (1/(t-1)) sum_{tau<t} E_{s ~ S_tau} KL(pi_hat_tau(.|s) || pi_theta(.|s)),
   S_tau a uniform subsample (``AVERAGING_STATES``) of the states of pi_hat_tau's own rollout (at a state
   shared by all tau this is KL(mixture || pi_theta) up to a constant: the mixture's M-projection). It runs
-  meta_srl's distillation (`safemeta.algorithms.outer.online_dualdice.distill_mixture`, with the
+  meta_srl's distillation (`safemeta.algorithms.outer.meta_srl.distill_mixture`, with the
   ``distill_iters``, ``lr_phi``, ``distill_tol`` and ``leader_check_iters`` of ``learner_cfg``, default
   online_dualdice's: Adam to convergence) from a fresh Adam warm-started at theta_{t-1}; theta_1 is the
   shared init (as for ``fal``). It differs from meta_srl's update of phi (the same leader, issue 18) only
@@ -36,7 +36,7 @@ Critics, one rule for every learner: each learner carries its own critics' initi
 across the sequence, ``pretrained``'s starting from its pretrained critics and every other learner's from
 the shared init (that of the meta_srl trainer, drawn with the run's seed). Task t's critics start from
 it, and after task t it is fitted on task t's first batch (the rollouts of theta_t) by
-`safemeta.model.fit_meta_critics`, as the trainer does for every method. ``random``'s *policy* stays
+`safemeta.training.model.fit_meta_critics`, as the trainer does for every method. ``random``'s *policy* stays
 fresh per task; its critics follow the rule.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ class ContinuousOnlineConfig:
 
 def _trainer(cfg: ContinuousOnlineConfig, algo: str, iters: int = 1):
     from safemeta.config.loader import resolve_config
-    from safemeta.trainer import MetaTrainer
+    from safemeta.training.trainer import MetaTrainer
 
     layer = {"algo": algo, "inner": "crpo", "env": cfg.env, "seed": cfg.seed, "env_cfg": {cfg.env: cfg.env_cfg},
              "inner_cfg": {"crpo": {"step_size": cfg.alpha0}},
@@ -87,7 +87,7 @@ def _trainer(cfg: ContinuousOnlineConfig, algo: str, iters: int = 1):
 
 def references(cfg: ContinuousOnlineConfig, trainer, tasks: list, cache: Path | None) -> np.ndarray:
     """J_ref_t for every task (read from ``cache`` when it holds them for this setup)."""
-    from safemeta.model import stacked_theta
+    from safemeta.training.model import stacked_theta
 
     key = {"env": cfg.env, "env_cfg": cfg.env_cfg, "seed": cfg.seed, "tasks": cfg.tasks,
            "reference_steps": cfg.reference_steps, "alpha0": cfg.alpha0, "envs_per_task": cfg.envs_per_task}
@@ -112,7 +112,7 @@ def references(cfg: ContinuousOnlineConfig, trainer, tasks: list, cache: Path | 
 
 
 # the leader's pieces live with meta_srl's learner (re-exported here for the averaging learner and tests)
-from safemeta.algorithms.outer.online_dualdice import (Distilled, PolicyTarget, distill_mixture,  # noqa: E402,F401
+from safemeta.algorithms.outer.meta_srl import (Distilled, PolicyTarget, distill_mixture,  # noqa: E402,F401
                                                        handed_out, mixture_distance, policy_target)
 
 
@@ -128,7 +128,7 @@ class Learner:
         self.t = 0
 
     def propose(self, task) -> tuple[dict, dict]:
-        from safemeta.model import stacked_theta
+        from safemeta.training.model import stacked_theta
 
         return stacked_theta(self.carried, 1), {}
 
@@ -136,7 +136,7 @@ class Learner:
         return self.carried.critics_for(1)
 
     def observe(self, result, task) -> dict[str, float]:
-        from safemeta.model import fit_meta_critics
+        from safemeta.training.model import fit_meta_critics
 
         self.t += 1
         result.meta_batch = fit_meta_critics(self.carried, self.trainer.critics, result.batches[0])
@@ -156,9 +156,9 @@ class MetaSRLLearner(Learner):
 
 class RandomLearner(Learner):
     def propose(self, task) -> tuple[dict, dict]:
-        from safemeta.model import build_modules
-        from safemeta.params import stack
-        from safemeta.policy import init_params
+        from safemeta.training.model import build_modules
+        from safemeta.rollout.params import stack
+        from safemeta.rollout.policy import init_params
 
         tr = self.trainer
         with torch.random.fork_rng(devices=[]):
@@ -173,7 +173,7 @@ class FALLearner(Learner):
         self.past: list[dict] = []
 
     def propose(self, task) -> tuple[dict, dict]:
-        from safemeta.params import stack
+        from safemeta.rollout.params import stack
 
         if not self.past:
             return super().propose(task)
@@ -193,7 +193,7 @@ class AveragingLearner(Learner):
         self.theta = {k: v.detach().clone() for k, v in self.carried.theta.items()}  # theta_1: the shared init
 
     def propose(self, task) -> tuple[dict, dict]:
-        from safemeta.params import stack
+        from safemeta.rollout.params import stack
 
         return {k: v.clone() for k, v in stack(self.theta, 1).items()}, {}
 

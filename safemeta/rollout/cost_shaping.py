@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from safemeta.batch import Batch, episode_means
+from safemeta.rollout.batch import Batch, episode_means
 
 
 def hazard_labels(cost: Tensor, terminated: Tensor, truncated: Tensor, horizon: int) -> Tensor:

@@ -1,6 +1,6 @@
 """The online protocol's board: TAOG / TACV per learner and task distribution (table + curves).
 
-Reads the cells `safemeta.online.run_online_grid` wrote and writes ``<out>/<grid>.md`` and
+Reads the cells `safemeta.online.runner.run_online_grid` wrote and writes ``<out>/<grid>.md`` and
 ``<out>/<grid>.png``. Intervals are 95% bootstrap intervals over seeds (each seed one task sequence).
 
 Where a grid runs a learner at several fixed step sizes (a learner whose ``alpha`` column is the same on
@@ -20,9 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from safemeta.online import OnlineGrid, cell_path, read_rows  # noqa: E402
-from safemeta.stats import bootstrap  # noqa: E402
-from safemeta.tracking import atomic_write_text  # noqa: E402
+from safemeta.online.protocol import OnlineGrid, cell_path, read_rows  # noqa: E402
+from safemeta.evaluation.stats import bootstrap  # noqa: E402
+from safemeta.training.tracking import atomic_write_text  # noqa: E402
 
 
 def _curves(grid: OnlineGrid, setting: str, learner: str, key: str) -> np.ndarray:
@@ -45,7 +45,7 @@ def _oracle_alpha_ratio(grid: OnlineGrid, setting: str, learner: str) -> float |
     ``learner/G``); else None."""
     from dataclasses import fields
 
-    from safemeta.algorithms.meta_srl.online_dualdice import StepSizeLearning, task_weights
+    from safemeta.algorithms.meta_srl.tabular_learner import StepSizeLearning, task_weights
 
     names = {f.name for f in fields(StepSizeLearning)}
     cfg = StepSizeLearning(**{k: v for k, v in grid.learners[learner].get("learner_cfg", {}).items() if k in names})

@@ -34,7 +34,7 @@ class Batch:
     adv_c: Tensor | None = None  # [N, T, E] GAE of cost
     ret_r: Tensor | None = None  # [N, T, E] lambda-return targets for the reward critic
     ret_c: Tensor | None = None  # [N, T, E] lambda-return targets for the cost critic
-    cost_bonus: Tensor | None = None  # [N, T, E] Delta of a shaped cost C+ = C + Delta (safemeta.cost_shaping)
+    cost_bonus: Tensor | None = None  # [N, T, E] Delta of a shaped cost C+ = C + Delta (safemeta.rollout.cost_shaping)
     ep_cost_bonus: Tensor | None = None  # [N] its mean per finished episode
 
     @property

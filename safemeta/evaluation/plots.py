@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from safemeta import registry  # noqa: E402
-from safemeta.stats import bootstrap  # noqa: E402
+from safemeta.evaluation.stats import bootstrap  # noqa: E402
 
 
 def plot_adaptation(family: str, methods: list, limit: float, path: Path, title: str = "") -> Path:

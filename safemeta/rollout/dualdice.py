@@ -10,12 +10,12 @@ With f(x) = |x|^p / p and its conjugate f*(y) = |y|^q / q (1/p + 1/q = 1), DualD
                                    - (1 - gamma) E_{s0 ~ mu0, a0 ~ pi(s0)}[ nu(s0, a0) ],
 
 whose solution has zeta*(s, a) = f'((nu* - B^pi nu*)(s, a)) = w(s, a), with (B^pi nu)(s, a) =
-gamma E[nu(s', a')]. Conventions follow `safemeta.tabular`: d^pi is the normalized discounted occupancy.
+gamma E[nu(s', a')]. Conventions follow `safemeta.rollout.tabular`: d^pi is the normalized discounted occupancy.
 
 ``tabular_dualdice``: nu and zeta tables over S x A, expectations over pi(a'|s') taken exactly, any p > 1:
 for p = 2 the saddle point of the empirical objective in closed form, for other p the inner maximum in
 closed form per (s, a) and the outer (convex) minimum over nu by L-BFGS; the estimate converges to the
-true ratio as data grows (tested against `safemeta.tabular.occupancy_ratio`, for p = 1.5, 2 and 3). It returns a `DualDICEResult` with the sanity
+true ratio as data grows (tested against `safemeta.rollout.tabular.occupancy_ratio`, for p = 1.5, 2 and 3). It returns a `DualDICEResult` with the sanity
 statistic E_D[w] (1 for an exact ratio: d^pi sums to one).
 
 ``feature_dualdice``: the same saddle problem with nu and zeta linear in a feature map phi(s, a) (tables

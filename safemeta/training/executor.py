@@ -21,21 +21,18 @@ import dataclasses
 import os
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from safemeta.adaptation import AdaptationResult
-from safemeta.batch import Batch
-from safemeta.critics import CriticParams
+from safemeta.training.adaptation import AdaptationResult
+from safemeta.rollout.batch import Batch
+from safemeta.rollout.critics import CriticParams
 from safemeta.errors import UserError
-from safemeta.model import stacked_theta
-from safemeta.params import Params, concat, detach, task_slice
-from safemeta.task import Task
-
-if TYPE_CHECKING:
-    from safemeta.trainer import MetaTrainer
+from safemeta.training.model import stacked_theta
+from safemeta.rollout.params import Params, concat, detach, task_slice
+from safemeta.rollout.task import Task
 
 
 @dataclass
@@ -73,7 +70,7 @@ def split_jobs(tasks: list[Task], state: dict[str, Tensor], critics: CriticParam
     return jobs
 
 
-def run_job(trainer: "MetaTrainer", job: ShardJob) -> AdaptationResult:
+def run_job(trainer: Any, job: ShardJob) -> AdaptationResult:
     """Adapt theta to the job's tasks in this process (the graph to theta kept when differentiable)."""
     tr = trainer.cfg.trainer
     venv = trainer.family.make(job.tasks, tr.envs_per_task, tr.device, job.venv_seed)
@@ -119,7 +116,7 @@ class LocalExecutor:
     """The shards one after another in this process. With several shards, a differentiable shard's
     meta-gradient terms are computed right after it (as a Ray worker does) and its graph is dropped."""
 
-    def run(self, trainer: "MetaTrainer", jobs: list[ShardJob]) -> AdaptationResult:
+    def run(self, trainer: Any, jobs: list[ShardJob]) -> AdaptationResult:
         if len(jobs) == 1:
             return run_job(trainer, jobs[0])
         results = []
@@ -146,21 +143,20 @@ class ShardWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def _trainer(self, key: str, cfg: Any, plugins: list[str]) -> "MetaTrainer":
+    def _trainer(self, key: str, cfg: Any, plugins: list[str], trainer_cls: type) -> Any:
         if key not in self.trainers:
             from safemeta.registry import load_plugin
-            from safemeta.trainer import MetaTrainer
 
             for spec in plugins:
                 load_plugin(spec)
-            self.trainers[key] = MetaTrainer(cfg)
+            self.trainers[key] = trainer_cls(cfg)
         return self.trainers[key]
 
-    def run(self, key: str, cfg: Any, plugins: list[str], theta: Params, obs_norm: dict | None, job: ShardJob
-            ) -> tuple[AdaptationResult, tuple[int, Tensor, Tensor] | None, Tensor | None]:
+    def run(self, key: str, cfg: Any, plugins: list[str], trainer_cls: type, theta: Params, obs_norm: dict | None,
+            job: ShardJob) -> tuple[AdaptationResult, tuple[int, Tensor, Tensor] | None, Tensor | None]:
         """The job's result (detached), the observation moments it collected, and the generator state
         after it (an unsharded job continues the driver's generator and hands it back)."""
-        t = self._trainer(key, cfg, plugins)
+        t = self._trainer(key, cfg, plugins, trainer_cls)
         with torch.no_grad():
             for k, p in t.meta.theta.items():
                 p.copy_(theta[k])
@@ -222,7 +218,7 @@ class RayExecutor:
         self.cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(tr, executor="local"))
         self.key = uuid.uuid4().hex
 
-    def run(self, trainer: "MetaTrainer", jobs: list[ShardJob]) -> AdaptationResult:
+    def run(self, trainer: Any, jobs: list[ShardJob]) -> AdaptationResult:
         from safemeta.registry import loaded_plugins
 
         theta = {k: v.detach().clone() for k, v in trainer.meta.theta.items()}
@@ -230,7 +226,8 @@ class RayExecutor:
         for job in jobs:
             if job.gen_seed is None:
                 job.gen_state = trainer.gen.get_state()
-        refs = [self.workers[i % len(self.workers)].run.remote(self.key, self.cfg, list(loaded_plugins), theta, norm, job)
+        refs = [self.workers[i % len(self.workers)].run.remote(self.key, self.cfg, list(loaded_plugins), type(trainer),
+                                                               theta, norm, job)
                 for i, job in enumerate(jobs)]
         try:
             outs = self.ray.get(refs)

@@ -10,7 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from safemeta.errors import UserError
+
+console = Console(stderr=True)  # progress and messages of every command (stderr: stdout stays for data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -7,7 +7,7 @@ episode statistics count complete episodes and each inner step gets a fixed env-
 
 At the small batches of meta-RL (e.g. 5 tasks x 2 envs) a step costs the fixed overhead of each torch
 op, not arithmetic, so the loop runs as few ops per step as it can (issue 16): the actor's weights are
-bound once (`safemeta.policy.bound_actor`); the step's tensors are kept by reference and written into the
+bound once (`safemeta.rollout.policy.bound_actor`); the step's tensors are kept by reference and written into the
 ``[N, T, E]`` buffers every ``chunk`` steps, one stack per field (`_Buffers`); log-probabilities come from
 the kept noise once per chunk; and a `BatchedCMDP`'s boundary checks (finite actions in, finite
 observations, rewards, costs out) run once per chunk on the stacked values, so a fault still raises
@@ -23,11 +23,11 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from safemeta.batch import Batch, episode_means
-from safemeta.obs_norm import RunningObsNorm
-from safemeta.params import Params
-from safemeta.policy import GaussianActor, bound_actor
-from safemeta.vec_cmdp import BatchedCMDP, VecCMDP, check_finite, checked_reset, checked_step
+from safemeta.rollout.batch import Batch, episode_means
+from safemeta.rollout.obs_norm import RunningObsNorm
+from safemeta.rollout.params import Params
+from safemeta.rollout.policy import GaussianActor, bound_actor
+from safemeta.rollout.vec_cmdp import BatchedCMDP, VecCMDP, check_finite, checked_reset, checked_step
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

@@ -6,7 +6,7 @@ CRPO runs K = M steps from theta = phi_t with the per-task step size alpha_t (``
 (`handed_out`: its output rule, ``inner_cfg.crpo.output``, by default the latest iterate whose own batch
 estimated its cost within d + eta, as CRPO's Algorithm 1 outputs from N_0; issue 18, item 7):
 
-* distance term (the tabular learner's D_hat_t, `safemeta.algorithms.meta_srl.online_dualdice`):
+* distance term (the tabular learner's D_hat_t, `safemeta.algorithms.meta_srl.tabular_learner`):
   D_hat_t(phi) = E_{s ~ d_hat_t} KL(pi_hat_t(.|s) || pi_phi(.|s)), with d_hat_t the discounted state
   visitation of pi_hat_t;
 * phi, ``phi_update: ftl`` (default; issue 18, item 9): follow the leader, as the tabular learner does:
@@ -30,17 +30,17 @@ estimated its cost within d + eta, as CRPO's Algorithm 1 outputs from N_0; issue
   D*_t - D_hat_t about tenfold on tabular-gridworld, where the exact optimum shows it, so it is not used.
 
 Visitation (``visitation``): ``dualdice`` (default, the paper's way) estimates w = d^{pi_hat_t} / d^D on the
-transitions of the M steps (pi_0 .. pi_{M-1}; the data distribution D) with `safemeta.dualdice.feature_dualdice`
+transitions of the M steps (pi_0 .. pi_{M-1}; the data distribution D) with `safemeta.rollout.dualdice.feature_dualdice`
 on random Fourier features of the standardized (state, action) vector (bandwidth: the median distance
 between data points times ``rff_bandwidth``; E_{a' ~ pi_hat} phi(s', a') from ``action_samples`` sampled
 actions); the distance term and the distillation then weight the data states by max(w, 0).
 ``on_policy`` instead uses the rollout of the handed-out iterate itself (on-policy data, each sample
 weighted by gamma^(its step in the episode): an unbiased estimate of d^{pi_hat_t} that needs no ratio
 estimator). The tasks' critics start from the critics' initialization that the trainer carries across
-iterations for every method (`safemeta.model.fit_meta_critics`).
+iterations for every method (`safemeta.training.model.fit_meta_critics`).
 
 The leader's pieces (`PolicyTarget`, `policy_target`, `mixture_distance`, `distill_mixture`) are shared
-with the ``averaging`` learner of the continuous online protocol (`safemeta.online_continuous`), which
+with the ``averaging`` learner of the continuous online protocol (`safemeta.online.continuous`), which
 minimizes the same objective with uniform state weights.
 """
 from __future__ import annotations
@@ -54,16 +54,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from safemeta.adaptation import AdaptationResult
-from safemeta.algorithms.meta_srl.online_dualdice import StepSizeLearning, next_step_size, step_size_bound, task_weights
+from safemeta.training.adaptation import AdaptationResult
+from safemeta.algorithms.meta_srl.tabular_learner import StepSizeLearning, next_step_size, step_size_bound, task_weights
 from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
-from safemeta.batch import Batch
+from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
-from safemeta.dualdice import RandomFourierFeatures, feature_dualdice
-from safemeta.params import detach, stack
-from safemeta.policy import gaussian_kl
+from safemeta.rollout.dualdice import RandomFourierFeatures, feature_dualdice
+from safemeta.rollout.params import detach, stack
+from safemeta.rollout.policy import gaussian_kl
 from safemeta.registry import register_outer
-from safemeta.task import Task
+from safemeta.rollout.task import Task
 
 
 @dataclass
@@ -192,7 +192,7 @@ def _pool(targets: list[PolicyTarget], task_weights: Tensor | None, max_states: 
 
 
 def _pooled_distance(actor_fn, theta: dict, pooled: _Pooled) -> Tensor:
-    from safemeta.params import stack as stack_params
+    from safemeta.rollout.params import stack as stack_params
 
     mean, log_std = actor_fn(stack_params(theta, 1), pooled.states.unsqueeze(0))
     return (gaussian_kl(pooled.mean, pooled.log_std, mean[0], log_std[0]) * pooled.weights).sum()

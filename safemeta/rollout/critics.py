@@ -14,7 +14,7 @@ rewards, not from a run's random streams: a fit's result depends on its batch an
 whoever computes it (a Ray worker or the driver) and whatever ran before.
 
 Value targets are the GAE(lambda) returns of ``annotate``, which bootstrap from V(final obs) at a
-time-limit truncation and not at a termination (``safemeta.batch.gae``), so they stay correct for
+time-limit truncation and not at a termination (``safemeta.rollout.batch.gae``), so they stay correct for
 episodes that the time limit cuts.
 
 ``fit_and_annotate`` also reports the explained variance 1 - Var(target - V) / Var(target) of each task's fitted V_R
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from safemeta.batch import Batch, gae
+from safemeta.rollout.batch import Batch, gae
 from safemeta.config.schema import CriticConfig
-from safemeta.cost_shaping import shape
-from safemeta.params import Params, detach, stack
-from safemeta.policy import Critic, batched
+from safemeta.rollout.cost_shaping import shape
+from safemeta.rollout.params import Params, detach, stack
+from safemeta.rollout.policy import Critic, batched
 
 SHUFFLE_SEED = 20261201
 

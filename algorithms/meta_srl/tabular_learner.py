@@ -29,7 +29,7 @@ violation at most eta.
 
 The learner never sees pi*_t, d*_t or Q_k. As Meta-SRL prescribes, it uses CRPO's handed-out policy
 pi_hat_t (`tabular_crpo`, "The output") in place of pi*_t and the discounted state visitation of pi_hat_t
-estimated off-policy by DualDICE (`safemeta.dualdice.tabular_dualdice`, target pi_hat_t, data: the
+estimated off-policy by DualDICE (`safemeta.rollout.dualdice.tabular_dualdice`, target pi_hat_t, data: the
 transitions of pi_0..pi_{M-1}) in place of d*_t, and pays for the inexactness with eps_t:
 
     D_hat_t(phi) = sum_s d_hat_t(s) KL(pi_hat_t(.|s) || pi_phi(.|s))              (the distance term)
@@ -52,14 +52,14 @@ the configured floor, DualDICE's consistency residual (E_D[w] = 1 for an exact r
 ratio error the learner can compute without the tables) and, with ``suboptimality_eps`` (default), the
 suboptimality term: the KL from pi_hat_t to the nearest policy of the form the optimum is known to have.
 An LP optimum of a CMDP with one constraint is deterministic in all but at most one state (a basic
-solution of the occupancy LP, Altman 1999; `safemeta.tabular.solve_constrained`), so its nearest such
+solution of the occupancy LP, Altman 1999; `safemeta.rollout.tabular.solve_constrained`), so its nearest such
 policy is pi_hat_t's per-state mode, and KL(mode || pi_hat) = -log max_a pi_hat(a|s). The sum runs over
 the states where CRPO's steps moved the policy (`informative_states`): where every Q_k(s, .) was flat
 every action is optimal, the optimum nearest to phi keeps pi_phi there, and pi_hat_t = pi_phi there too.
 The term is large while a 5-step iterate is still spread out and vanishes as pi_hat_t turns
 deterministic. The visitation mismatch is not estimated (that would take the task's model). Measured
 against the exact distance term D*_t(phi_t) of the optimum nearest to phi_t (the LP optimum with pi_phi at
-its indifferent states, `safemeta.online.nearest_optimum`; the protocol logs it as
+its indifferent states, `safemeta.online.protocol.nearest_optimum`; the protocol logs it as
 ``learner/distance_optimum``), on the 400 tasks per setting of the tabular board: D_hat_t alone is a
 median 0.48 (high similarity) / 0.44 (low) of D*_t, and D_hat_t + eps_t^2 a median 1.01 / 0.98 (tested).
 alpha's leader sqrt(sum (D + eps^2) / sum G^2) then ends where the same leader with the exact D*_t ends
@@ -106,7 +106,7 @@ import numpy as np
 from safemeta.algorithms.meta_srl.base import OnlineContext, OnlineLearner, uniform_logits
 from safemeta.algorithms.meta_srl.tabular_crpo import CRPORun, log_softmax, softmax
 from safemeta.config.schema import spec
-from safemeta.dualdice import tabular_dualdice
+from safemeta.rollout.dualdice import tabular_dualdice
 from safemeta.registry import register_online
 
 

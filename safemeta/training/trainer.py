@@ -8,14 +8,15 @@
         the critics' initialization fitted on batch 0 (the meta-policy's rollouts), for every method
         metrics = outer.update(result, tasks)                      (the meta step)
         a non-finite theta, critic or metric after it: the update is undone and logged (skipped_update)
-        every eval_every: meta-test on held-out tasks; log; every checkpoint_every: checkpoint
+        (the run's driver, `safemeta.api`: every eval_every a meta-test on held-out tasks, `safemeta.evaluation`;
+         log; every checkpoint_every a checkpoint)
 
 What a method needs is declared by its outer updater (``algorithms/outer/base.py``), so Meta-CPO
 (differentiable inner steps), C-MAML (meta-policy rollouts = batch 0, global cost critic via
 ``initial_critics``) and Meta-SRL (one task per iteration, per-task step size via
 ``inner_overrides``) run through this loop without special cases.
 
-Where the adaptation runs is the executor's business (``safemeta/executor.py``: local, or Ray actors
+Where the adaptation runs is the executor's business (``safemeta/training/executor.py``: local, or Ray actors
 with ``trainer.executor=ray``); the iteration's tasks are split into ``trainer.shards`` shards.
 """
 from __future__ import annotations
@@ -31,16 +32,15 @@ import numpy as np
 import torch
 
 from safemeta import registry
-from safemeta.adaptation import Adapter, AdaptationResult
+from safemeta.training.adaptation import Adapter, AdaptationResult
 from safemeta.algorithms.outer.base import OuterContext, OuterUpdater
-from safemeta.checkpoint import Checkpointer, nonfinite_entries
-from safemeta.collector import Collector
+from safemeta.training.checkpoint import Checkpointer, nonfinite_entries
+from safemeta.rollout.collector import Collector
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
-from safemeta.evaluation import MetaTestSpec, meta_test
-from safemeta.executor import make_executor, split_jobs
-from safemeta.model import MetaParams, build_modules, fit_meta_critics, init_meta_params, stacked_theta
-from safemeta.obs_norm import RunningObsNorm
+from safemeta.training.executor import make_executor, split_jobs
+from safemeta.training.model import MetaParams, build_modules, fit_meta_critics, init_meta_params, stacked_theta
+from safemeta.rollout.obs_norm import RunningObsNorm
 
 
 def planned_iterations(cfg: Config) -> int:
@@ -138,17 +138,6 @@ class MetaTrainer:
                 p.copy_(loaded.theta[k])
         self.meta.critic_reward, self.meta.critic_cost = loaded.critic_reward, loaded.critic_cost
         self.outer.load_state_dict(outer_state)
-
-    def meta_test(self, tasks: int | None = None, adapt_steps: int | None = None, seed: int | None = None,
-                  **eval_overrides) -> dict:
-        """The meta-test of ``cfg.eval`` (`safemeta.evaluation`), with the given fields replaced (e.g.
-        ``inner="trpolag", multipliers="fresh"`` for a common-solver view)."""
-        spec = MetaTestSpec.from_config(self.cfg.eval, tasks=tasks, adapt_steps=adapt_steps, seed=seed, **eval_overrides)
-        try:
-            return meta_test(self, spec, self.cfg.trainer.device)
-        finally:
-            if self.obs_norm is not None:  # meta-test rollouts do not move the normalization
-                self.obs_norm.discard()
 
     # -- checkpoint state ---------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -7,7 +7,7 @@ An env id is ONE fixed task of its family: the task drawn from split ``train`` w
 ``np.random.default_rng(task_seed)``, stepped as ``family.make([task], envs_per_task=num_envs)``.
 
     from safemeta.compat.safety_gym import import_omnisafe
-    from safemeta.omnisafe_env import register_safemeta_envs, cost_limit_of
+    from safemeta.compat.omnisafe_env import register_safemeta_envs, cost_limit_of
     omnisafe = import_omnisafe()                    # never a bare `import omnisafe` (3.11 dataclass shim)
     register_safemeta_envs()                        # or register_safemeta_envs(task_seed=3), see below
     d = cost_limit_of('SafeMeta-point-circle-v0')   # the family's d (25.0 here)
