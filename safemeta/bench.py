@@ -18,7 +18,10 @@ Each cell's config is resolved like ``safemeta train`` would; a cell whose run d
 the same resolved config is skipped when finished (its ``meta_test.json`` is at the final iteration)
 and resumed otherwise, so re-running a grid only does what is missing. Each finished cell then gets every
 view's report (``RUN_DIR/views/<name>.json``: a meta-test of the same trained run with the view's ``eval``
-fields replaced), unless it already has it for the run's final iteration and the same spec. A failing cell is reported and
+fields replaced), unless it already has it for the run's final iteration and the same spec. With ``store``,
+each finished cell's record is written into the results store (`safemeta.evaluation.store`), and a cell whose
+record is there (with every view) is skipped without its run directory: the store carries a grid across
+machines, a fresh clone included. A failing cell is reported and
 the grid goes on; the command exits non-zero at the end if any cell failed.
 """
 from __future__ import annotations
@@ -33,10 +36,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from safemeta.config.loader import load_config, nest, read_yaml, resolve_config
 from safemeta.config.schema import Config
+from safemeta.evaluation.store import write_record
 from safemeta.errors import UserError
 from safemeta.training.trainer import planned_iterations
 
-GRID_KEYS = {"out", "algos", "inners", "envs", "seeds", "set", "algo_set", "views", "metric"}
+GRID_KEYS = {"out", "algos", "inners", "envs", "seeds", "set", "algo_set", "views", "metric", "store"}
 VIEW_KEYS = ("tasks", "adapt_steps", "envs_per_task", "episodes_per_env", "episodes", "inner", "multipliers", "critics",
              "seed")
 
@@ -137,6 +141,19 @@ def ensure_views(run_dir: Path, cfg: Config, views: dict[str, dict]) -> int:
     return len(missing)
 
 
+def in_store(store: Path, cfg: Config, views: dict[str, dict]) -> bool:
+    """The cell's record is in ``store``, at the final iteration, with every view of the grid at its spec (a
+    corrupt record raises a UserError naming it)."""
+    from safemeta.evaluation.meta_test import MetaTestSpec
+    from safemeta.evaluation.store import find_record
+
+    record = find_record(store, cfg)
+    if record is None or record["meta_test"].get("iteration") != planned_iterations(cfg):
+        return False
+    return all(record["views"].get(name, {}).get("spec") == MetaTestSpec.from_config(cfg.eval, **fields).__dict__
+               for name, fields in views.items())
+
+
 def find_run(cfg: Config) -> Path | None:
     """The existing run directory of this exact resolved config, if any (newest first)."""
     group = Path(cfg.out) / f"{cfg.algo}-{cfg.inner}-{cfg.env}"
@@ -167,8 +184,9 @@ def run_grid(path: str | Path) -> int:
 
     cells = load_grid(path)
     views = load_views(path)
+    store = read_yaml(path, "grid file").get("store")
     failed: list[tuple[Cell, str]] = []
-    counts = {"skipped": 0, "resumed": 0, "new": 0}
+    counts = {"skipped": 0, "resumed": 0, "new": 0, "stored": 0}
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console) as progress:
         grid_bar = progress.add_task(f"grid {Path(path).name}", total=len(cells))
@@ -176,8 +194,12 @@ def run_grid(path: str | Path) -> int:
         for cell in cells:
             progress.update(run_bar, description=cell.label, completed=0, total=max(cell.cfg.trainer.iters, 1))
             tick = lambda row: progress.update(run_bar, completed=row["iter"])  # noqa: E731
-            existing = find_run(cell.cfg)
             try:
+                if store and in_store(Path(store), cell.cfg, views):
+                    counts["stored"] += 1
+                    progress.advance(grid_bar)
+                    continue
+                existing = find_run(cell.cfg)
                 if existing is not None and is_finished(existing, cell.cfg):
                     counts["skipped"] += 1
                 elif existing is not None:
@@ -189,13 +211,16 @@ def run_grid(path: str | Path) -> int:
                 if views:
                     progress.update(run_bar, description=f"{cell.label}: views")
                     ensure_views(find_run(cell.cfg), cell.cfg, views)
+                if store:
+                    write_record(Path(store), find_run(cell.cfg), cell.cfg)
             except Exception as e:  # report, go on with the grid
                 failed.append((cell, f"{type(e).__name__}: {e}"))
                 console.print(f"[red]failed: {cell.label}: {type(e).__name__}: {e}")
                 console.print(traceback.format_exc(limit=3))
             progress.advance(grid_bar)
     console.print(f"grid {path}: {len(cells)} cells, {counts['new']} trained, {counts['resumed']} resumed, "
-                  f"{counts['skipped']} already finished, {len(failed)} failed")
+                  f"{counts['skipped']} already finished" + (f", {counts['stored']} already in the store {store}"
+                                                             if store else "") + f", {len(failed)} failed")
     for cell, err in failed:
         console.print(f"  FAILED {cell.label}: {err}")
     return len(failed)

@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", parents=[plugin], help="turn finished runs into leaderboards and plots")
     lb.add_argument("--runs", default="runs/leaderboard", help="root folder of the runs (default runs/leaderboard)")
+    lb.add_argument("--store", metavar="DIR", help="build the boards from this results store (records kept in the "
+                    "repository, e.g. leaderboards/results/protocol) instead of --runs")
     lb.add_argument("--out", default="leaderboards", help="where boards go (default leaderboards/)")
     lb.add_argument("--family", action="append", default=None, help="only this family (repeatable)")
     lb.add_argument("--grids", default="leaderboards/grids", help="folder of the grid files named on the boards")
@@ -165,7 +167,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
     from safemeta.evaluation.leaderboard import make_leaderboards
 
     command = " ".join(["safemeta", *args.argv])
-    for board in make_leaderboards(args.runs, args.out, args.family, command.strip(), args.grids):
+    root = args.store or args.runs
+    for board in make_leaderboards(root, args.out, args.family, command.strip(), args.grids, store=bool(args.store)):
         console.print(f"wrote {board}")
 
 

@@ -325,8 +325,14 @@ def _split_sections(layers: list[Layer]) -> tuple[list[Layer], list[tuple[str, s
 
 def load_config(path: str | Path) -> Config:
     """Load a resolved config saved in a run directory (one saved before a key was renamed is migrated)."""
-    data = migrate_saved(read_yaml(path, "saved config"), str(path))
-    return build_config(data, {k: str(path) for k in _dotted(data, "")})
+    return config_from_dict(read_yaml(path, "saved config"), str(path))
+
+
+def config_from_dict(data: dict, source: str) -> Config:
+    """A saved resolved config (a run's ``config.yaml``, a results record's ``config``), migrated and validated;
+    errors name ``source``."""
+    data = migrate_saved(dict(data), source)
+    return build_config(data, {k: source for k in _dotted(data, "")})
 
 
 def migrate_saved(data: dict, path: str) -> dict:

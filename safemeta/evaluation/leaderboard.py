@@ -100,13 +100,30 @@ def load_runs(root: Path) -> list[SeedRun]:
     return runs
 
 
+def load_store(store: Path) -> list[SeedRun]:
+    """Every record of a results store (`safemeta.evaluation.store`) as a run; a corrupt one is a UserError
+    naming it."""
+    from safemeta.evaluation.store import read_record, record_config, record_paths
+
+    runs = []
+    for path in record_paths(store):
+        rec = read_record(path)
+        runs.append(SeedRun(path, record_config(rec, path), rec["meta_test"], rec["metrics"], rec["run"], rec["views"]))
+    return runs
+
+
+def _age(r: SeedRun) -> str:
+    """Orders two runs of one seed: the start time a run records, else its directory's (timestamped) name."""
+    return str(r.info.get("started", "")) + r.path.name
+
+
 def group(runs: list[SeedRun]) -> dict[str, dict[tuple[str, str], Method]]:
     """family -> (algo, inner) -> Method, keeping the newest run of each seed."""
     by_family: dict[str, dict[tuple[str, str], Method]] = defaultdict(dict)
     newest: dict[tuple, SeedRun] = {}
     for r in runs:
         key = (r.cfg.env, r.cfg.algo, r.cfg.inner, r.cfg.seed)
-        if key not in newest or r.path.name > newest[key].path.name:
+        if key not in newest or _age(r) > _age(newest[key]):
             newest[key] = r
     for (env, algo, inner, _), r in sorted(newest.items()):
         by_family[env].setdefault((algo, inner), Method(algo, inner)).runs.append(r)
@@ -205,8 +222,9 @@ def check_protocol(family: str, view: str, methods: list[Method]) -> dict:
     return methods[0].runs[0].report.get("protocol") or {}
 
 
-def grids_for(family: str, runs_root: Path, grids_dir: str | Path | None) -> list[str]:
-    """The grid files in ``grids_dir`` that train ``family`` into ``runs_root`` (their ``out``), to cite on the board."""
+def grids_for(family: str, runs_root: Path, grids_dir: str | Path | None, key: str = "out") -> list[str]:
+    """The grid files in ``grids_dir`` that train ``family`` into ``runs_root`` (their ``out``, or with
+    ``key="store"`` their results store), to cite on the board."""
     if not grids_dir or not Path(grids_dir).is_dir():
         return []
     cited = []
@@ -216,7 +234,7 @@ def grids_for(family: str, runs_root: Path, grids_dir: str | Path | None) -> lis
         except yaml.YAMLError:
             continue
         if (isinstance(spec, dict) and family in (spec.get("envs") or [])
-                and Path(str(spec.get("out", ""))).resolve() == runs_root.resolve()):
+                and spec.get(key) and Path(str(spec[key])).resolve() == runs_root.resolve()):
             cited.append(str(path))
     return cited
 
@@ -302,7 +320,8 @@ def write_board(family: str, methods: dict[tuple[str, str], Method], out: Path, 
     md += ["## Meta-training", "", f"![meta-training curves]({train_png.name})", "",
            "## How this board was made", "", "```", *[f"safemeta bench {g}" for g in grids], command, "```", "",
            "Budgets:", "", *[f"- {b}" for b in _budget(all_methods)], "",
-           f"Commit(s) of the runs: {', '.join(commits)}. Runs: `{first.path.parent.parent}`.", ""]
+           f"Commit(s) of the runs: {', '.join(commits)}. "
+           f"{'Records' if first.path.name.endswith('.json.gz') else 'Runs'}: `{first.path.parent.parent}`.", ""]
     board = out / f"{family}.md"
     atomic_write_text(board, "\n".join(md))
     buf = io.StringIO()
@@ -342,11 +361,13 @@ def write_index(out: Path, boards: list[Path]) -> None:
 
 
 def make_leaderboards(runs_root: str | Path, out: str | Path, families: list[str] | None, command: str,
-                      grids_dir: str | Path | None = None) -> list[Path]:
+                      grids_dir: str | Path | None = None, store: bool = False) -> list[Path]:
+    """Boards from the finished runs under ``runs_root``, or with ``store`` from the results store there."""
     root, out = Path(runs_root), Path(out)
+    what = "results store" if store else "runs folder"
     if not root.is_dir():
-        raise UserError(f"The runs folder '{root}' does not exist.")
-    by_family = group(load_runs(root))
+        raise UserError(f"The {what} '{root}' does not exist.")
+    by_family = group(load_store(root) if store else load_runs(root))
     if families:
         missing = [f for f in families if f not in by_family]
         if missing:
@@ -354,9 +375,10 @@ def make_leaderboards(runs_root: str | Path, out: str | Path, families: list[str
                             f"Families with runs: {', '.join(sorted(by_family)) or '(none)'}.")
         by_family = {f: by_family[f] for f in families}
     if not by_family:
-        raise UserError(f"No finished runs (with meta_test.json) under '{root}'.")
+        raise UserError(f"No finished runs ({'records' if store else 'with meta_test.json'}) under '{root}'.")
     boards = []
     for family, methods in sorted(by_family.items()):
-        boards.append(write_board(family, methods, out, command, grids_for(family, root, grids_dir)))
+        grids = grids_for(family, root, grids_dir, "store" if store else "out")
+        boards.append(write_board(family, methods, out, command, grids))
     write_index(out, boards)
     return boards

@@ -1,0 +1,100 @@
+"""The results store (safemeta/evaluation/store.py): records written atomically, corrupt ones named, boards
+rebuilt from the store alone equal the committed ones, and a grid continues from its records."""
+import gzip
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from safemeta.bench import run_grid
+from safemeta.errors import UserError
+from safemeta.evaluation.leaderboard import make_leaderboards
+from safemeta.evaluation.store import read_record, record_paths, write_record
+from tests.conftest import REPO
+
+FIXTURE = REPO / "tests" / "fixtures"
+
+
+def test_a_board_rebuilt_from_the_store_equals_the_committed_one(tmp_path, monkeypatch):
+    shutil.copytree(FIXTURE / "store", tmp_path / "tests" / "fixtures" / "store")
+    shutil.copy(FIXTURE / "store-grid.yaml", tmp_path / "tests" / "fixtures" / "store-grid.yaml")
+    monkeypatch.chdir(tmp_path)  # the board cites its grid and store by their repository paths
+    make_leaderboards("tests/fixtures/store", "board", None,
+                      "safemeta leaderboard --store tests/fixtures/store --out tests/fixtures/store-board "
+                      "--grids tests/fixtures", "tests/fixtures", store=True)
+    for name in ("tiny-nav.md", "tiny-nav.csv", "README.md"):
+        assert (tmp_path / "board" / name).read_bytes() == (FIXTURE / "store-board" / name).read_bytes(), name
+    md = (tmp_path / "board" / "tiny-nav.md").read_text()
+    assert "## View `common-cpo`" in md and "Records: `tests/fixtures/store`" in md
+
+
+def _store_copy(tmp_path) -> Path:
+    store = tmp_path / "store"
+    shutil.copytree(FIXTURE / "store", store)
+    return store
+
+
+def test_a_truncated_or_edited_record_is_named_never_used(tmp_path):
+    store = _store_copy(tmp_path)
+    first = record_paths(store)[0]
+    first.write_bytes(first.read_bytes()[:100])  # truncated
+    with pytest.raises(UserError, match=f"'{first}' is truncated"):
+        make_leaderboards(store, tmp_path / "b", None, "x", store=True)
+    second = record_paths(store)[1]
+    data = json.loads(gzip.decompress(second.read_bytes()))
+    data["meta_test"]["steps"][-1]["per_task"]["cost"][0] += 123.0  # a hand edit, digest left as it was
+    second.write_bytes(gzip.compress(json.dumps(data).encode()))
+    shutil.copy(FIXTURE / "store" / first.relative_to(store), first)
+    with pytest.raises(UserError, match=f"'{second}' was edited or corrupted"):
+        make_leaderboards(store, tmp_path / "b", None, "x", store=True)
+
+
+def test_a_killed_writer_leaves_no_record(tmp_path, monkeypatch):
+    store = _store_copy(tmp_path)
+    record = record_paths(store)[0]
+    before = record.read_bytes()
+    rec = read_record(record)
+    run_dir = tmp_path / "run"  # a run directory rebuilt from the record
+    run_dir.mkdir()
+    (run_dir / "meta_test.json").write_text(json.dumps(rec["meta_test"]))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rec["metrics"]))
+    (run_dir / "run.json").write_text(json.dumps(rec["run"]))
+    (run_dir / "views").mkdir()
+    for name, view in rec["views"].items():
+        (run_dir / "views" / f"{name}.json").write_text(json.dumps(view))
+    from safemeta.evaluation.store import record_config
+
+    cfg = record_config(rec, record)
+    fresh = tmp_path / "fresh"
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # killed between writing the temporary file and renaming it
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_record(fresh, run_dir, cfg)
+    assert not [p for p in fresh.rglob("*") if p.is_file()]  # no record, no temporary file
+    with pytest.raises(KeyboardInterrupt):
+        write_record(store, run_dir, cfg)  # over an existing record: the old one stays whole
+    assert record.read_bytes() == before
+    monkeypatch.undo()
+    (record.parent / ".tmp-left.partial").write_bytes(b"half a record")  # a leftover of a killed process
+    assert record.parent / ".tmp-left.partial" not in record_paths(store)
+    assert write_record(fresh, run_dir, cfg).read_bytes() == before  # same content, same bytes
+
+
+def test_a_grid_continues_from_its_store_without_run_directories(tmp_path, capsys):
+    store = _store_copy(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text((FIXTURE / "store-grid.yaml").read_text().replace("tests/fixtures/store", str(store))
+                    .replace("runs/store-fixture", str(tmp_path / "runs")))
+    assert run_grid(grid) == 0
+    out = " ".join(capsys.readouterr().err.split())
+    assert "0 trained" in out and "4 already in the store" in out and not (tmp_path / "runs").exists()
+    first = record_paths(store)[0]
+    first.write_bytes(b"\x1f\x8b broken")
+    assert run_grid(grid) == 1  # the corrupt record's cell fails, named; the others are skipped
+    err = "".join(capsys.readouterr().err.split())
+    assert first.name in err and "istruncatedornotarecord" in err
