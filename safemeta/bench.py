@@ -80,8 +80,9 @@ def load_grid(path: str | Path) -> list[Cell]:
         raise UserError(f"'algo_set' in grid file '{path}' names {', '.join(sorted(stray))}, not in its algos "
                         f"({', '.join(spec['algos'])}).")
     cells = []
-    for algo, inner, env, seed in itertools.product(spec["algos"], spec.get("inners") or ["default"], spec["envs"],
-                                                    spec["seeds"]):
+    # seed-major: a grid stopped part-way has whole seeds of every method, not every seed of a few methods
+    for seed, env, algo, inner in itertools.product(spec["seeds"], spec["envs"], spec["algos"],
+                                                    spec.get("inners") or ["default"]):
         flags: dict = {"algo": algo, "env": env, "seed": seed, "log": {"progress": False}}
         if "out" in spec:
             flags["out"] = str(spec["out"])
