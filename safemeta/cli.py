@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("--family", action="append", default=None, help="only this family (repeatable)")
     lb.add_argument("--grids", default="leaderboards/grids", help="folder of the grid files named on the boards")
 
+    cl = sub.add_parser("claims", parents=[plugin], help="judge the papers' headline claims from the results store")
+    cl.add_argument("--claims", default="leaderboards/claims.yaml", help="claims file (default leaderboards/claims.yaml)")
+    cl.add_argument("--out", default="leaderboards/claims.md", help="page to write (default leaderboards/claims.md)")
+
     on = sub.add_parser("online", parents=[plugin], help="run an online (Meta-SRL) grid on a tabular family and write its board")
     on.add_argument("grid", help="online grid YAML file (see leaderboards/grids/meta-srl-*.yaml)")
     on.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -172,6 +176,13 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
         console.print(f"wrote {board}")
 
 
+def cmd_claims(args: argparse.Namespace) -> None:
+    from safemeta.api import console
+    from safemeta.evaluation.claims import write_claims
+
+    console.print(f"wrote {write_claims(args.claims, args.out, ' '.join(['safemeta', *args.argv]).strip())}")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for spec in args.plugin:
             load_plugin(spec)
-        commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench,
+        commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench, "claims": cmd_claims,
                     "leaderboard": cmd_leaderboard, "online": cmd_online}
         rc = commands[args.command](args)
     except UserError as e:

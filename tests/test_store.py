@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from safemeta.bench import run_grid
@@ -98,3 +99,58 @@ def test_a_grid_continues_from_its_store_without_run_directories(tmp_path, capsy
     assert run_grid(grid) == 1  # the corrupt record's cell fails, named; the others are skipped
     err = "".join(capsys.readouterr().err.split())
     assert first.name in err and "istruncatedornotarecord" in err
+
+
+def _claims_file(tmp_path, seeds: int, subject: str, rivals: list[str], metric: str = "mean_cost") -> Path:
+    spec = {"store": str(FIXTURE / "store"), "claims": [{
+        "id": "fixture", "paper": "A paper", "statement": "the subject meets d where its rivals do not",
+        "family": "tiny-nav", "grid": str(FIXTURE / "store-grid.yaml"), "view": "method", "metric": metric,
+        "subject": subject, "rivals": rivals, "seeds": seeds}]}
+    path = tmp_path / "claims.yaml"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_claims_are_judged_from_the_store_by_the_papers_metric(tmp_path):
+    import csv
+
+    from safemeta.evaluation.claims import judge, load_claims
+    from safemeta.evaluation.leaderboard import group, load_store
+
+    by_family = group(load_store(FIXTURE / "store"))
+    board = {r["method"]: r for r in csv.DictReader((FIXTURE / "store-board" / "tiny-nav.csv").open())
+             if r["view"] == "method"}
+    both = ["fomaml_trpo / trpo", "random / trpolag"]
+    for subject in both:
+        rival = [m for m in both if m != subject]
+        _, (claim,) = load_claims(_claims_file(tmp_path, 2, subject, rival))
+        judged = judge(claim, by_family)
+        (label, seeds, value, ret, meets), other = judged.rows[0], judged.rows[1]
+        assert label == subject and seeds == 2 and judged.limit == 1.0
+        assert value.value == pytest.approx(float(board[subject]["cost@K mean"]))  # the board's number
+        assert meets == (value.value <= 1.0)
+        want = ("reproduced" if meets and not other[4] else "partly" if meets or value.value <= other[2].value
+                else "not reproduced")
+        assert judged.verdict == want
+    _, (claim,) = load_claims(_claims_file(tmp_path, 5, both[0], both[1:]))
+    assert judge(claim, by_family).verdict == "pending (2 of 5 seeds in the store)"
+    _, (claim,) = load_claims(_claims_file(tmp_path, 2, both[0], ["nope / trpo"]))
+    assert judge(claim, by_family).verdict.startswith("pending (0 of 2")  # a rival with no records yet
+
+
+def test_the_worst_step_is_c_mamls_metric_and_bad_claims_files_are_named(tmp_path):
+    from safemeta.evaluation.claims import load_claims, metric_value, write_claims
+    from safemeta.evaluation.leaderboard import group, load_store
+
+    method = group(load_store(FIXTURE / "store"))["tiny-nav"][("fomaml_trpo", "trpo")]
+    steps = len(method.runs[0].report["steps"])
+    costs = [metric_value(type(method)(method.algo, method.inner, method.runs), "mean_cost").value]
+    worst = max(float(np.mean(np.concatenate(method.per_task(k, "cost")))) for k in range(steps))
+    assert metric_value(method, "cost_every_step").value == pytest.approx(worst) and worst >= costs[0]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({"store": "x", "claims": [{"id": "a", "metric": "vibes"}]}))
+    with pytest.raises(UserError, match="missing .*family"):
+        load_claims(bad)
+    out = write_claims(_claims_file(tmp_path, 2, "fomaml_trpo / trpo", ["random / trpolag"]), tmp_path / "c.md", "x")
+    text = out.read_text()
+    assert "**Verdict: " in text and "| fomaml_trpo / trpo (subject) | 2 |" in text

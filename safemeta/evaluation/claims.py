@@ -1,0 +1,145 @@
+"""``safemeta claims``: the papers' headline claims judged from the results store -> ``leaderboards/claims.md``.
+
+A claims file (``leaderboards/claims.yaml``) names, per claim: the paper and its statement, the family, the
+grid that produces its cells, the view of the meta-test it is judged in (``method``: each method with its own
+solver; or a grid view such as ``common-trpolag``), the paper's metric (`safemeta.evaluation.leaderboard.VERDICTS`),
+the subject method, its rivals, and the seeds the claim needs. From the store's records alone:
+
+- every method's value of the metric with a 95% two-level bootstrap interval (seeds, then tasks): the mean
+  cost after K steps (``mean_cost``), or the largest of the per-step mean costs (``cost_every_step``), and the
+  return after K steps beside it;
+- the verdict: ``reproduced`` when the subject meets the limit and no rival does, ``partly`` when the subject
+  meets it and a rival does too, or when no method meets it but the subject is closest; ``not reproduced``
+  otherwise; ``pending`` while fewer seeds than the claim needs are in the store (the partial numbers shown).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from safemeta.config.loader import read_yaml
+from safemeta.errors import UserError
+from safemeta.evaluation.leaderboard import MAIN, VERDICTS, Method, group, load_store
+from safemeta.evaluation.meta_test import describe_protocol
+from safemeta.evaluation.stats import Estimate, bootstrap
+from safemeta.training.tracking import atomic_write_text
+
+CLAIM_KEYS = {"id", "paper", "statement", "family", "grid", "view", "metric", "subject", "rivals", "seeds"}
+
+
+@dataclass
+class Claim:
+    id: str
+    paper: str
+    statement: str
+    family: str
+    grid: str
+    view: str
+    metric: str
+    subject: str
+    rivals: list[str]
+    seeds: int
+
+
+def load_claims(path: str | Path) -> tuple[Path, list[Claim]]:
+    spec = read_yaml(path, "claims file")
+    if not spec.get("store") or not isinstance(spec.get("claims"), list):
+        raise UserError(f"Claims file '{path}' needs 'store' (a results store) and a list 'claims'.")
+    claims = []
+    for i, item in enumerate(spec["claims"]):
+        missing, unknown = CLAIM_KEYS - set(item), set(item) - CLAIM_KEYS
+        if missing or unknown:
+            raise UserError(f"Claim {i + 1} of '{path}': " + (f"missing {', '.join(sorted(missing))}; " if missing else "")
+                            + (f"unknown {', '.join(sorted(unknown))}; " if unknown else "")
+                            + f"the keys are {', '.join(sorted(CLAIM_KEYS))}.")
+        if item["metric"] not in VERDICTS:
+            raise UserError(f"Claim '{item['id']}' of '{path}': unknown metric '{item['metric']}'. "
+                            f"Valid: {', '.join(VERDICTS)}.")
+        claims.append(Claim(**{**item, "rivals": list(item["rivals"]), "seeds": int(item["seeds"])}))
+    return Path(spec["store"]), claims
+
+
+def metric_value(method: Method, metric: str) -> Estimate:
+    """The paper's metric with its 95% interval: mean cost after K steps, or the worst step's mean cost."""
+    steps = len(method.runs[0].report["steps"])
+    if metric == "mean_cost":
+        return bootstrap(method.per_task(steps - 1, "cost"))
+    per_step = [bootstrap(method.per_task(k, "cost"), reps=500) for k in range(steps)]
+    return max(per_step, key=lambda e: e.value)
+
+
+@dataclass
+class Judged:
+    claim: Claim
+    rows: list[tuple[str, int, Estimate, Estimate, bool]]  # label, seeds, metric, return@K, meets d
+    limit: float
+    protocol: dict
+    verdict: str
+
+
+def judge(claim: Claim, by_family: dict) -> Judged:
+    methods = {m.label: m.in_view(claim.view if claim.view != "method" else MAIN)
+               for m in by_family.get(claim.family, {}).values()}
+    rows, limit, protocol = [], None, {}
+    for label in [claim.subject, *claim.rivals]:
+        m = methods.get(label)
+        if m is None or not m.runs:
+            rows.append((label, 0, None, None, False))
+            continue
+        limit = float(m.runs[0].report["cost_limit"])
+        protocol = m.runs[0].report.get("protocol") or {}
+        value = metric_value(m, claim.metric)
+        ret = bootstrap(m.per_task(len(m.runs[0].report["steps"]) - 1, "return"))
+        rows.append((label, len(m.runs), value, ret, value.value <= limit))
+    seeds = min(r[1] for r in rows)
+    subject_meets = rows[0][4]
+    rivals_meet = [r[4] for r in rows[1:]]
+    if seeds < claim.seeds:
+        verdict = f"pending ({seeds} of {claim.seeds} seeds in the store)"
+    elif subject_meets and not any(rivals_meet):
+        verdict = "reproduced"
+    elif subject_meets or (rows[0][2] is not None and all(r[2] is None or rows[0][2].value <= r[2].value
+                                                             for r in rows[1:])):
+        verdict = "partly"
+    else:
+        verdict = "not reproduced"
+    return Judged(claim, rows, limit if limit is not None else float("nan"), protocol, verdict)
+
+
+def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path:
+    store, claims = load_claims(claims_file)
+    if not Path(store).is_dir():
+        raise UserError(f"The results store '{store}' of '{claims_file}' does not exist.")
+    by_family = group(load_store(Path(store)))
+    md = ["# Claims", "",
+          "Each published method's headline claim, judged by the paper's own metric on the papers' meta-test "
+          "protocol (README, \"Meta-test protocol\"), from the results store alone "
+          f"(`{store}`; every number regenerates with the command at the bottom). Values: mean over seeds and "
+          "tasks with 95% two-level bootstrap intervals; `meets d` compares the point estimate with the test "
+          "cost limit. Verdicts: `reproduced` (the subject meets d, no rival does), `partly` (the subject meets "
+          "d and so does a rival, or no method meets d but the subject comes closest), `not reproduced`, "
+          "`pending` (fewer seeds than the claim's budget are in the store yet; partial numbers shown).", ""]
+    for j in (judge(c, by_family) for c in claims):
+        c = j.claim
+        metric = VERDICTS[c.metric]
+        md += [f"## {c.paper}: {c.family}", "", f"**Claim.** {c.statement}", "",
+               f"**Metric** ({metric.paper}): {metric.rule}. **Verdict: {j.verdict}.**", "",
+               f"**Protocol** (view `{c.view}`): {describe_protocol(j.protocol) if j.protocol else '(no runs yet)'}", "",
+               "| method | seeds | metric (d = " + f"{j.limit:g}" + ") | return@K | meets d |", "|---|---|---|---|---|"]
+        for label, seeds, value, ret, meets in j.rows:
+            if value is None:
+                md.append(f"| {label} | 0 | (not in the store yet) | | |")
+            else:
+                md.append(f"| {label}{' (subject)' if label == c.subject else ''} | {seeds} | {value.fmt(2)} | "
+                          f"{ret.fmt(2)} | {'yes' if meets else 'no'} |")
+        grid = yaml.safe_load(Path(c.grid).read_text()) if Path(c.grid).is_file() else {}
+        md += ["", "```", f"safemeta bench {c.grid}", f"safemeta leaderboard --store {store} --out "
+               f"{Path(out).parent / 'claims'}", command, "```", ""]
+        if grid.get("set"):
+            md += [f"Grid settings: `{grid['set']}`" + (f", per algo `{grid['algo_set']}`" if grid.get("algo_set") else ""),
+                   ""]
+    path = Path(out)
+    atomic_write_text(path, "\n".join(md))
+    return path
