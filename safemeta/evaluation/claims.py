@@ -74,6 +74,7 @@ def metric_value(method: Method, metric: str) -> Estimate:
 class Judged:
     claim: Claim
     rows: list[tuple[str, int, Estimate, Estimate, bool]]  # label, seeds, metric, return@K, meets d
+    minutes: dict[str, float]  # label -> mean meta-training wall minutes per seed
     limit: float
     protocol: dict
     verdict: str
@@ -82,7 +83,7 @@ class Judged:
 def judge(claim: Claim, by_family: dict) -> Judged:
     methods = {m.label: m.in_view(claim.view if claim.view != "method" else MAIN)
                for m in by_family.get(claim.family, {}).values()}
-    rows, limit, protocol = [], None, {}
+    rows, limit, protocol, minutes = [], None, {}, {}
     for label in [claim.subject, *claim.rivals]:
         m = methods.get(label)
         if m is None or not m.runs:
@@ -93,6 +94,7 @@ def judge(claim: Claim, by_family: dict) -> Judged:
         value = metric_value(m, claim.metric)
         ret = bootstrap(m.per_task(len(m.runs[0].report["steps"]) - 1, "return"))
         rows.append((label, len(m.runs), value, ret, value.value <= limit))
+        minutes[label] = sum(r.final.get("wall_time", 0.0) for r in m.runs) / 60 / len(m.runs)
     seeds = min(r[1] for r in rows)
     subject_meets = rows[0][4]
     rivals_meet = [r[4] for r in rows[1:]]
@@ -105,7 +107,7 @@ def judge(claim: Claim, by_family: dict) -> Judged:
         verdict = "partly"
     else:
         verdict = "not reproduced"
-    return Judged(claim, rows, limit if limit is not None else float("nan"), protocol, verdict)
+    return Judged(claim, rows, minutes, limit if limit is not None else float("nan"), protocol, verdict)
 
 
 def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path:
@@ -120,20 +122,24 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
           "tasks with 95% two-level bootstrap intervals; `meets d` compares the point estimate with the test "
           "cost limit. Verdicts: `reproduced` (the subject meets d, no rival does), `partly` (the subject meets "
           "d and so does a rival, or no method meets d but the subject comes closest), `not reproduced`, "
-          "`pending` (fewer seeds than the claim's budget are in the store yet; partial numbers shown).", ""]
+          "`pending` (fewer seeds than the claim's budget are in the store yet; partial numbers shown). "
+          "`train min / seed` is the time to claim: meta-training wall minutes per seed on the machine that ran "
+          "it (1 torch thread; the records say which commit; other jobs may have shared its cores), the "
+          "meta-test not included.", ""]
     for j in (judge(c, by_family) for c in claims):
         c = j.claim
         metric = VERDICTS[c.metric]
         md += [f"## {c.paper}: {c.family}", "", f"**Claim.** {c.statement}", "",
                f"**Metric** ({metric.paper}): {metric.rule}. **Verdict: {j.verdict}.**", "",
                f"**Protocol** (view `{c.view}`): {describe_protocol(j.protocol) if j.protocol else '(no runs yet)'}", "",
-               "| method | seeds | metric (d = " + f"{j.limit:g}" + ") | return@K | meets d |", "|---|---|---|---|---|"]
+               "| method | seeds | metric (d = " + f"{j.limit:g}" + ") | return@K | meets d | train min / seed |",
+               "|---|---|---|---|---|---|"]
         for label, seeds, value, ret, meets in j.rows:
             if value is None:
-                md.append(f"| {label} | 0 | (not in the store yet) | | |")
+                md.append(f"| {label} | 0 | (not in the store yet) | | | |")
             else:
                 md.append(f"| {label}{' (subject)' if label == c.subject else ''} | {seeds} | {value.fmt(2)} | "
-                          f"{ret.fmt(2)} | {'yes' if meets else 'no'} |")
+                          f"{ret.fmt(2)} | {'yes' if meets else 'no'} | {j.minutes[label]:.1f} |")
         grid = yaml.safe_load(Path(c.grid).read_text()) if Path(c.grid).is_file() else {}
         md += ["", "```", f"safemeta bench {c.grid}", f"safemeta leaderboard --store {store} --out "
                f"{Path(out).parent / 'claims'}", command, "```", ""]
