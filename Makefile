@@ -29,9 +29,10 @@ $(STAMP): requirements/constraints.txt pyproject.toml
 	$(PY) -c "import torch, numpy, cvxpylayers, qpth, safemeta; assert numpy.__version__ < '2'"
 	touch $(STAMP)
 
-# The main job: meta-train the default preset on the built-in default task family.
+# The main job: the mission's example, C-MAML with TRPO-Lagrangian inner steps on the default task family
+# (point-circle), meta-tested on held-out tasks at the end; ARGS adds or overrides flags (the last one wins).
 train: $(STAMP)
-	$(VENV)/bin/safemeta train $(ARGS)
+	$(VENV)/bin/safemeta train --algo c_maml --inner trpolag $(ARGS)
 
 # The default test suite (fast, a few minutes; includes the tests marked safety_gym).
 test: $(STAMP)

@@ -20,7 +20,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from safemeta.training.checkpoint import Checkpointer, checkpoint_bytes
-from safemeta.config.loader import load_config, save_config, to_dict
+from safemeta.config.loader import load_config, run_plugins, save_config, to_dict
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
 from safemeta.evaluation.meta_test import evaluate, summary_metrics
@@ -47,7 +47,7 @@ class Run:
         path = Path(path)
         if not (path / "config.yaml").is_file():
             raise UserError(f"'{path}' is not a run directory (no config.yaml in it).")
-        trainer = MetaTrainer(load_config(path / "config.yaml"))
+        trainer = MetaTrainer(load_config(path / "config.yaml", run_plugins(path)))
         trainer.load_checkpoint(path)
         return cls(path, trainer)
 
@@ -87,7 +87,9 @@ def run_info() -> dict:
     import safemeta
 
     cli = Path(sys.argv[0]).name in ("safemeta", "cli.py")
-    return {"command": " ".join(["safemeta", *sys.argv[1:]] if cli else sys.argv),
+    from safemeta.registry import loaded_plugins
+
+    return {"command": " ".join(["safemeta", *sys.argv[1:]] if cli else sys.argv), "plugins": list(loaded_plugins),
             "version": safemeta.__version__, "commit": git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -111,7 +113,7 @@ def resume(run_dir: str | Path, iters: int | None = None, on_iteration: Callable
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"Cannot resume '{run_dir}': it is not a run directory (no config.yaml in it).")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", run_plugins(run_dir))
     if iters is not None and iters != cfg.trainer.iters:
         cfg.trainer.iters = iters
         save_config(cfg, run_dir / "config.yaml")
@@ -140,8 +142,11 @@ def _fit(trainer: MetaTrainer, run_dir: Path, on_iteration: Callable[[dict], Non
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("return {task.fields[ret]}  cost {task.fields[cost]}"), TimeElapsedColumn(),
                TimeRemainingColumn()]
+    lines = LineProgress(f"{cfg.algo}/{cfg.inner} on {cfg.env}", total, trainer.iteration,
+                         enabled=cfg.log.progress and not console.is_terminal)
     try:
-        with Progress(*columns, console=console, disable=not cfg.log.progress, transient=False) as progress:
+        with Progress(*columns, console=console, disable=not cfg.log.progress or not console.is_terminal,
+                      transient=False) as progress:
             bar = progress.add_task(f"{cfg.algo}/{cfg.inner} on {cfg.env}", total=total, completed=trainer.iteration,
                                     ret="-", cost="-")
             while trainer.iteration < total:
@@ -158,6 +163,7 @@ def _fit(trainer: MetaTrainer, run_dir: Path, on_iteration: Callable[[dict], Non
                     on_iteration(row)
                 progress.update(bar, completed=trainer.iteration, ret=f"{row.get('train/return_K', math.nan):.3f}",
                                 cost=f"{row.get('train/cost_K', math.nan):.3f}")
+                lines.update(trainer.iteration, row)
     except OSError as e:  # a log or checkpoint write failed mid-run (disk full, directory removed, ...)
         if e.errno not in _DISK_ERRORS:
             raise
@@ -174,12 +180,42 @@ def _fit(trainer: MetaTrainer, run_dir: Path, on_iteration: Callable[[dict], Non
     report["iteration"] = trainer.iteration
     atomic_write_text(run_dir / "meta_test.json", json.dumps(report, indent=1))
     log.close()
-    last = report["steps"][-1]
-    console.print(f"run dir: {run_dir}\nmeta-test after {len(report['steps']) - 1} fine-tuning steps, on fresh "
-                  f"episodes: return {last['return_mean']:.3f}, cost {last['cost_mean']:.3f} (limit "
-                  f"{report['cost_limit']}), tasks over the limit {last['violation_rate']:.0%}; cost paid while "
-                  f"fine-tuning {last['cost_paid_mean']:.1f} per task")
+    console.print(verdict(report, run_dir))
     return Run(run_dir, trainer)
+
+
+def verdict(report: dict, run_dir: Path) -> str:
+    """The meta-test's outcome in plain words (the last lines of `safemeta train`)."""
+    first, last = report["steps"][0], report["steps"][-1]
+    d, k, n = report["cost_limit"], len(report["steps"]) - 1, len(last["per_task"]["cost"])
+    within = sum(bool(w) for w in last["per_task"]["within_limit"])
+    safe = "within" if last["cost_mean"] <= d else "above"
+    return (f"Verdict on {n} held-out tasks after K = {k} fine-tuning steps (scored on fresh episodes): {within} of {n} "
+            f"tasks ({within / n:.0%}) keep their mean episode cost within the limit d = {d:g}; the mean cost "
+            f"{last['cost_mean']:.2f} is {safe} d, at a mean return of {last['return_mean']:.2f} (before fine-tuning: "
+            f"return {first['return_mean']:.2f}, cost {first['cost_mean']:.2f}); fine-tuning paid "
+            f"{last.get('cost_paid_mean', 0.0):.1f} cost per task.\nRun directory: {run_dir} "
+            f"(`safemeta eval {run_dir}` meta-tests it again).")
+
+
+class LineProgress:
+    """Progress without a terminal (a log file, a pipe, CI): one whole line about every 5% of the iterations
+    and at the end (iteration, return, cost, elapsed, remaining), never a redrawn bar."""
+
+    def __init__(self, label: str, total: int, start: int, enabled: bool):
+        self.label, self.total, self.start, self.enabled = label, total, start, enabled
+        self.every = max(1, total // 20)
+        self.t0 = time.monotonic()
+
+    def update(self, iteration: int, row: dict) -> None:
+        if not self.enabled or (iteration % self.every and iteration != self.total):
+            return
+        elapsed = time.monotonic() - self.t0
+        done = iteration - self.start
+        remaining = elapsed / done * (self.total - iteration) if done else math.nan
+        fmt = lambda sec: "?" if math.isnan(sec) else time.strftime("%H:%M:%S", time.gmtime(sec))  # noqa: E731
+        console.print(f"{self.label}: iteration {iteration}/{self.total}  return {row.get('train/return_K', math.nan):.3f}"
+                      f"  cost {row.get('train/cost_K', math.nan):.3f}  elapsed {fmt(elapsed)}  remaining {fmt(remaining)}")
 
 
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EIO}

@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--shards", type=int, help="split each iteration's tasks into this many shards (trainer.shards)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
     t.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless log.wandb_mode says)")
+    t.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard event files in the run directory "
+                   "(log.tensorboard; view with `tensorboard --logdir RUN_DIR/tensorboard`)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", parents=[plugin], help="meta-test a saved run on held-out tasks")
@@ -91,8 +93,8 @@ def _user_layers(args: argparse.Namespace) -> list[tuple[str, dict]]:
         trainer["executor"] = "ray"
     if trainer:
         flags["trainer"] = trainer
-    if args.wandb:
-        flags["log"] = {"wandb": True}
+    if args.wandb or args.tensorboard:
+        flags["log"] = {**({"wandb": True} if args.wandb else {}), **({"tensorboard": True} if args.tensorboard else {})}
     if args.no_progress:
         flags.setdefault("log", {})["progress"] = False
     if flags:

@@ -140,6 +140,23 @@ def load_builtins() -> None:
 loaded_plugins: list[str] = []  # what load_plugin imported, in order (Ray workers import the same)
 
 
+def load_recorded_plugins(plugins: list[str]) -> list[str]:
+    """Load the plugins a run recorded (its ``run.json``); returns those that cannot be loaded any more (a file
+    that moved or vanished, a module that no longer imports), for the caller to name if the run needs them."""
+    missing = []
+    for spec in plugins:
+        if spec in loaded_plugins:
+            continue
+        if (spec.endswith(".py") or Path(spec).is_absolute()) and not Path(spec).is_file():
+            missing.append(spec)
+            continue
+        try:
+            load_plugin(spec)
+        except (UserError, ImportError):
+            missing.append(spec)
+    return missing
+
+
 def load_plugin(spec: str) -> None:
     """Import a user module by dotted name or file path so that its ``register_*`` calls run."""
     global _current_source

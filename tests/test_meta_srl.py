@@ -390,7 +390,8 @@ def test_meta_srl_refuses_an_inner_solver_without_step_sizes(make_config):
     from safemeta.errors import UserError
     from safemeta.training.trainer import MetaTrainer
 
-    with pytest.raises(UserError, match="step size steps.*Inner solvers that do: crpo"):
+    with pytest.raises(UserError, match="'online_dualdice' sets each task's inner step size, and inner solver "
+                                        "'trpolag' takes no step size. Inner solvers that can: crpo"):
         MetaTrainer(make_config(algo="meta_srl", inner="trpolag"))
 
 

@@ -134,8 +134,9 @@ def test_preset_trains_two_meta_iterations(make_config):
 
 
 def test_refuses_a_non_differentiable_inner(make_config):
-    with pytest.raises(UserError, match="needs an inner solver with differentiable steps, and 'trpolag' has none.*"
-                                        "Inner solvers that do: cpo, (.*, )?trpo"):  # plugins may add more
+    with pytest.raises(UserError, match="Outer updater 'dco_trpo' differentiates through the inner steps, and inner "
+                                        "solver 'trpolag' has no differentiable step. "
+                                        "Inner solvers that can: cpo, (.*, )?trpo"):  # plugins may add more
         MetaTrainer(make_config(algo="meta_trpo", inner="trpolag"))
     with pytest.raises(NotImplementedError):
         TRPOLag(TRPOLagConfig(), actor=torch.nn.Linear(1, 1)).step({}, None, {}, differentiable=True)

@@ -44,3 +44,30 @@ def test_entry_point_group_is_loaded(tmp_path):
     r = run_cli("list", cwd=tmp_path)  # cwd is on sys.path via `python -m`
     assert r.returncode == 0, r.stderr
     assert "ep_trpo" in r.stdout and "entry point mine" in r.stdout
+
+
+def test_a_plugin_run_is_evaluated_and_resumed_without_repeating_the_plugin(tmp_path):
+    import json
+
+    f = tmp_path / "my_solver.py"
+    f.write_text(PLUGIN)
+    r = run_cli("train", "--plugin", str(f), "--inner", "half_trpo", "--env", "tiny-nav", "--iters", "1", "--out",
+                str(tmp_path / "runs"), "--no-progress", "--set", "eval.tasks=1", "--set", "eval.adapt_steps=1",
+                "--set", "eval.episodes=2")
+    assert r.returncode == 0, r.stderr
+    run_dir = next((tmp_path / "runs").glob("*/*"))
+    assert json.loads((run_dir / "run.json").read_text())["plugins"] == [str(f.resolve())]
+    r = run_cli("eval", str(run_dir), "--tasks", "1", "--adapt-steps", "1", "--episodes", "2")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "--resume", str(run_dir), "--iters", "2", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run_dir / "meta_test.json").read_text())["iteration"] == 2
+    r = run_cli("leaderboard", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "boards"))
+    assert r.returncode == 0, r.stderr
+    moved = tmp_path / "elsewhere.py"
+    f.rename(moved)  # the plugin moved: the run names it
+    r = run_cli("eval", str(run_dir))
+    assert r.returncode == 2 and str(f.resolve()) in r.stderr and "can no longer be loaded" in r.stderr
+    assert str(run_dir) in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("eval", str(run_dir), "--plugin", str(moved), "--tasks", "1", "--adapt-steps", "0", "--episodes", "1")
+    assert r.returncode == 0, r.stderr  # loaded from its new place

@@ -54,17 +54,21 @@ class OuterUpdater(ABC):
     def __init__(self, cfg: Any, ctx: OuterContext):
         self.cfg = cfg
         self.ctx = ctx
-        self.check_inner(ctx.cfg.inner, type(ctx.inner))
+        self.check_inner(ctx.cfg.inner, type(ctx.inner), ctx.cfg.outer)
+
+    NEEDS = {"needs_differentiable": ("supports_differentiable", "differentiates through the inner steps",
+                                      "has no differentiable step"),
+             "needs_step_size": ("supports_step_size", "sets each task's inner step size", "takes no step size")}
 
     @classmethod
-    def check_inner(cls, inner_name: str, inner_cls: type[InnerSolver]) -> None:
+    def check_inner(cls, inner_name: str, inner_cls: type[InnerSolver], outer_name: str | None = None) -> None:
         """Refuse an inner solver that lacks a capability this updater needs, naming those that have it."""
-        for need, cap in (("needs_differentiable", "supports_differentiable"), ("needs_step_size", "supports_step_size")):
+        name = outer_name or next((n for n in registry.outer.names() if registry.outer.get(n) is cls), cls.__name__)
+        for need, (cap, does, lacks) in cls.NEEDS.items():
             if getattr(cls, need) and not getattr(inner_cls, cap):
                 able = [n for n in registry.inner.names() if getattr(registry.inner.get(n), cap)]
-                what = cap.removeprefix("supports_").replace("_", " ")
-                raise UserError(f"Outer updater '{cls.__name__}' needs an inner solver with {what} steps, and "
-                                f"'{inner_name}' has none. Inner solvers that do: {', '.join(able) or '(none)'}.")
+                raise UserError(f"Outer updater '{name}' {does}, and inner solver '{inner_name}' {lacks}. "
+                                f"Inner solvers that can: {', '.join(able) or '(none)'}.")
 
     def inner_overrides(self, tasks: list[Task]) -> dict[str, Tensor]:
         return {}

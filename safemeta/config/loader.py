@@ -323,16 +323,35 @@ def _split_sections(layers: list[Layer]) -> tuple[list[Layer], list[tuple[str, s
     return out, sections
 
 
-def load_config(path: str | Path) -> Config:
-    """Load a resolved config saved in a run directory (one saved before a key was renamed is migrated)."""
-    return config_from_dict(read_yaml(path, "saved config"), str(path))
+def load_config(path: str | Path, plugins: list[str] | None = None) -> Config:
+    """Load a resolved config saved in a run directory (one saved before a key was renamed is migrated), after
+    loading the plugins the run was trained with (``plugins``, from its ``run.json``)."""
+    return config_from_dict(read_yaml(path, "saved config"), str(path), plugins)
 
 
-def config_from_dict(data: dict, source: str) -> Config:
+def run_plugins(run_dir: str | Path) -> list[str]:
+    """The plugins a run directory's ``run.json`` records (none for a run from before they were recorded)."""
+    import json
+
+    try:
+        return list(json.loads((Path(run_dir) / "run.json").read_text()).get("plugins") or [])
+    except (OSError, ValueError):
+        return []
+
+
+def config_from_dict(data: dict, source: str, plugins: list[str] | None = None) -> Config:
     """A saved resolved config (a run's ``config.yaml``, a results record's ``config``), migrated and validated;
-    errors name ``source``."""
+    errors name ``source``. ``plugins`` are loaded first; one that cannot be loaded any more is named when the
+    config needs what it registered."""
+    missing = registry.load_recorded_plugins(plugins or [])
     data = migrate_saved(dict(data), source)
-    return build_config(data, {k: source for k in _dotted(data, "")})
+    try:
+        return build_config(data, {k: source for k in _dotted(data, "")})
+    except UserError as e:
+        if not missing:
+            raise
+        raise UserError(f"{e} The run '{source}' was trained with the plugin(s) {', '.join(missing)}, which can no "
+                        "longer be loaded (moved or deleted?); load it from its new place with --plugin PATH.") from None
 
 
 def migrate_saved(data: dict, path: str) -> dict:

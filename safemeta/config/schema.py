@@ -105,6 +105,7 @@ class LogConfig:
     wandb: bool = False
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "safemeta"
+    tensorboard: bool = spec(False, doc="also write TensorBoard event files into RUN_DIR/tensorboard (offline)")
     progress: bool = True
 
 

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
-from safemeta.config.loader import load_config
+from safemeta.config.loader import load_config, run_plugins
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
 from safemeta.evaluation.meta_test import describe_protocol
@@ -89,8 +89,10 @@ def load_runs(root: Path) -> list[SeedRun]:
     for report in sorted(root.glob("*/*/meta_test.json")):
         run_dir = report.parent
         try:
-            cfg = load_config(run_dir / "config.yaml")
-        except UserError:
+            cfg = load_config(run_dir / "config.yaml", run_plugins(run_dir))
+        except UserError as e:
+            if "can no longer be loaded" in str(e):
+                raise  # a run that needs a plugin that moved: named, not left off the board
             continue
         metrics_file = run_dir / "metrics.jsonl"
         metrics = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()] if metrics_file.exists() else []

@@ -106,7 +106,7 @@ def record_paths(store: Path) -> list[Path]:
 
 def record_config(record: dict, path: Path) -> Config:
     """The record's resolved config, validated like a run directory's ``config.yaml``."""
-    return config_from_dict(record["config"], str(path))
+    return config_from_dict(record["config"], str(path), list(record["run"].get("plugins") or []))
 
 
 def store_size(store: Path) -> int:

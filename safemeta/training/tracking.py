@@ -1,6 +1,7 @@
 """Metrics of a run: ``metrics.jsonl`` (one row per iteration, the source of truth), ``metrics.csv``
-(rewritten atomically from it, columns = union of keys) and optional Weights & Biases logging,
-offline by default so it never needs a login or the network."""
+(rewritten atomically from it, columns = union of keys), optional Weights & Biases logging, offline by
+default so it never needs a login or the network, and optional TensorBoard event files
+(``RUN_DIR/tensorboard``, every numeric metric as a scalar at step = iteration)."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,7 @@ from rich.console import Console
 
 from safemeta.errors import UserError
 
-console = Console(stderr=True)  # progress and messages of every command (stderr: stdout stays for data)
+console = Console(stderr=True, soft_wrap=True)  # progress and messages of every command (stderr: stdout stays for data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -33,6 +34,11 @@ class MetricsLog:
         self.wandb = None
         if wandb_cfg is not None and wandb_cfg.wandb:
             self.wandb = _start_wandb(run_dir, wandb_cfg, config or {})
+        self.tensorboard = None
+        if wandb_cfg is not None and getattr(wandb_cfg, "tensorboard", False):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def truncate(self, iteration: int) -> None:
         """Drop rows after ``iteration`` (a resumed run repeats them)."""
@@ -47,6 +53,11 @@ class MetricsLog:
         self._write_csv()
         if self.wandb is not None:
             self.wandb.log(row, step=row["iter"])
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "iter":
+                    self.tensorboard.add_scalar(key, value, row["iter"])
+            self.tensorboard.flush()
 
     def _write_csv(self) -> None:
         keys: list[str] = []
@@ -61,6 +72,8 @@ class MetricsLog:
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _start_wandb(run_dir: Path, cfg: Any, config: dict):
