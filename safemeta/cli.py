@@ -72,6 +72,22 @@ def _parser() -> argparse.ArgumentParser:
     on.add_argument("grid", help="online grid YAML file (see leaderboards/grids/meta-srl-*.yaml)")
     on.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    rd = sub.add_parser("render", parents=[plugin], help="GIF (and MP4) of a run's policy on held-out tasks, "
+                        "before and after adaptation")
+    rd.add_argument("run_dir")
+    rd.add_argument("--tasks", type=int, nargs="+", default=[0, 1], metavar="I",
+                    help="indices into the held-out draw, one row each (default: 0 1)")
+    rd.add_argument("--adapt-steps", type=int, help="K adaptation steps (default: the run's eval.adapt_steps)")
+    rd.add_argument("--seed", type=int, help="seed of the held-out draw, the adaptation and the episode shown "
+                    "(default: the run's eval.seed, the meta-test's tasks)")
+    rd.add_argument("--out", help="GIF path (default RUN_DIR/render.gif; the MP4 goes beside it); an existing file "
+                    "is kept and the new one gets a suffix (render-2.gif) unless --force")
+    rd.add_argument("--force", action="store_true", help="overwrite --out (and its .mp4)")
+    rd.add_argument("--steps", type=int, help="episode steps shown (default: the family's horizon, at most 400)")
+    rd.add_argument("--every", type=int, help="a frame every this many steps (default: 1 up to 100 steps, else 2)")
+    rd.add_argument("--fps", type=float, help="frames per second (default: frames / 10, within 5..20)")
+    rd.add_argument("--no-mp4", action="store_true", help="write the GIF only")
+
     ls = sub.add_parser("list", parents=[plugin], help="list registered algos, inner solvers, outer updaters and envs")
     ls.add_argument("what", nargs="?", choices=sorted(_LISTS), help="only this registry (envs: with task ranges)")
     return p
@@ -153,6 +169,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
     console.print(f"wrote {out}")
 
 
+def cmd_render(args: argparse.Namespace) -> None:
+    from safemeta.api import console
+    from safemeta.evaluation.render import mp4_unavailable, render
+
+    paths = render(args.run_dir, tasks=args.tasks, adapt_steps=args.adapt_steps, seed=args.seed, out=args.out,
+                   force=args.force, steps=args.steps, every=args.every, fps=args.fps, mp4=not args.no_mp4)
+    asked = Path(args.out) if args.out else Path(args.run_dir) / "render.gif"
+    if paths[0] != asked:
+        console.print(f"{asked} exists: kept it and wrote {paths[0].name} (--force overwrites)")
+    for path in paths:
+        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if not args.no_mp4 and (why := mp4_unavailable()):
+        console.print(why)
+
+
 _LISTS = {"algos": "algo", "inners": "inner", "outers": "outer", "envs": "env", "learners": "online"}
 
 
@@ -224,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.plugin:
             load_plugin(spec)
         commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench, "claims": cmd_claims,
-                    "leaderboard": cmd_leaderboard, "online": cmd_online}
+                    "render": cmd_render, "leaderboard": cmd_leaderboard, "online": cmd_online}
         rc = commands[args.command](args)
     except UserError as e:
         print(f"safemeta {args.command}: error: {e}", file=sys.stderr)

@@ -27,6 +27,7 @@ from safemeta.evaluation.stats import Estimate, bootstrap
 from safemeta.training.tracking import atomic_write_text
 
 CLAIM_KEYS = {"id", "paper", "statement", "family", "grid", "view", "metric", "subject", "rivals", "seeds"}
+OPTIONAL_KEYS = {"picture", "picture_command"}  # a `safemeta render` GIF of the subject (path relative to the page)
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Claim:
     subject: str
     rivals: list[str]
     seeds: int
+    picture: str = ""
+    picture_command: str = ""
 
 
 def load_claims(path: str | Path) -> tuple[Path, list[Claim]]:
@@ -49,7 +52,7 @@ def load_claims(path: str | Path) -> tuple[Path, list[Claim]]:
         raise UserError(f"Claims file '{path}' needs 'store' (a results store) and a list 'claims'.")
     claims = []
     for i, item in enumerate(spec["claims"]):
-        missing, unknown = CLAIM_KEYS - set(item), set(item) - CLAIM_KEYS
+        missing, unknown = CLAIM_KEYS - set(item), set(item) - CLAIM_KEYS - OPTIONAL_KEYS
         if missing or unknown:
             raise UserError(f"Claim {i + 1} of '{path}': " + (f"missing {', '.join(sorted(missing))}; " if missing else "")
                             + (f"unknown {', '.join(sorted(unknown))}; " if unknown else "")
@@ -140,6 +143,9 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
             else:
                 md.append(f"| {label}{' (subject)' if label == c.subject else ''} | {seeds} | {value.fmt(2)} | "
                           f"{ret.fmt(2)} | {'yes' if meets else 'no'} | {j.minutes[label]:.1f} |")
+        if c.picture:
+            md += [f"![{c.subject} on held-out tasks: the meta-policy (left) and the policy after K steps (right)]"
+                   f"({c.picture})", "", f"Picture: `{c.picture_command}`." if c.picture_command else "", ""]
         grid = yaml.safe_load(Path(c.grid).read_text()) if Path(c.grid).is_file() else {}
         md += ["", "```", f"safemeta bench {c.grid}", f"safemeta leaderboard --store {store} --out "
                f"{Path(out).parent / 'claims'}", command, "```", ""]

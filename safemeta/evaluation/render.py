@@ -10,9 +10,9 @@ its running return and cost; the robot turns red on steps that cost. A panel who
 reached its goal) keeps its last state. The built-in planar families, tiny-nav, nav2d-hazard and
 tabular-gridworld are drawn with matplotlib (Agg) from the env objects' state; the ``sg-`` families are
 photographed top-down by MuJoCo's offscreen renderer, which needs a GL backend (MUJOCO_GL=egl or osmesa; the
-first one that works is chosen when MUJOCO_GL is unset). Frames go to a GIF (imageio's pillow writer) and, where
-imageio-ffmpeg is installed, to an MP4 beside it. An existing output is never overwritten unless ``force``:
-the name gets a suffix (render-2.gif, ...).
+first one that works is chosen when MUJOCO_GL is unset). Frames go to a GIF (Pillow, a fast octree palette per
+frame) and, where imageio-ffmpeg is installed, to an MP4 beside it (imageio's ffmpeg writer). An existing output
+is never overwritten unless ``force``: the name gets a suffix (render-2.gif, ...).
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import torch
 
 from safemeta.errors import UserError
 from safemeta.rollout.task import Task, TaskFamily
-from safemeta.rollout.vec_cmdp import BatchedCMDP
 from safemeta.envs.button import PointButton
 from safemeta.envs.circle import CarCircleHazard, PointCircle
 from safemeta.envs.goal import PointGoal
@@ -127,7 +126,7 @@ def _is_safety_gym(family: TaskFamily) -> bool:
 # -- drawing ---------------------------------------------------------------------------------------------------
 
 Updater = Callable[[Any, float], None]  # (env, this step's cost) -> None: moves what moves
-Drawer = Callable[[Any, Any, TaskFamily, Task], Updater]  # (axes, env, family, task) -> updater
+Drawer = Callable[..., Updater]  # (axes, env, family, task, trail=colour name) -> updater
 
 
 def _disk(ax, xy, radius: float, color: str, z: float = 1.0, **kw):
@@ -162,9 +161,9 @@ class _Robot:
     def __init__(self, ax, radius: float, trail: str):
         from matplotlib.lines import Line2D
 
-        self.body = _disk(ax, (0, 0), radius, "robot", z=5)
-        self.tick = ax.add_line(Line2D([], [], color="white", linewidth=1.5, zorder=6))
-        self.trail = ax.add_line(Line2D([], [], color=COLORS[trail], linewidth=1.5, zorder=4))
+        self.body = _disk(ax, (0, 0), radius, "robot", z=5, animated=True)
+        self.tick = ax.add_line(Line2D([], [], color="white", linewidth=1.5, zorder=6, animated=True))
+        self.trail = ax.add_line(Line2D([], [], color=COLORS[trail], linewidth=1.5, zorder=4, animated=True))
         self.radius, self.xs, self.ys = radius, [], []
 
     def move(self, x: float, y: float, heading: float | None, cost: float) -> None:
@@ -221,7 +220,7 @@ def draw_button(ax, env, family: TaskFamily, task: Task, trail: str = "trail_aft
     _square(ax, np.concatenate([buttons, hazards, np.zeros((1, 2))]), 0.5)
     for h in hazards:
         _disk(ax, h, cfg.hazard_radius, "hazard")
-    disks = [_disk(ax, b, 0.6 * cfg.touch_radius, "button", z=2) for b in buttons]
+    disks = [_disk(ax, b, 0.6 * cfg.touch_radius, "button", z=2, animated=True) for b in buttons]
     for b in buttons:
         ax.add_patch(Circle(tuple(b), cfg.touch_radius, fill=False, edgecolor=COLORS["grid"], linewidth=0.8, zorder=1))
     robot = _planar_robot(ax, 0.1, trail)
@@ -295,7 +294,8 @@ def draw_safety_gym(ax, env, family: TaskFamily, task: Task, trail: str = "trail
     cam.lookat[:] = (0.0, 0.0, 0.0)
     cam.elevation, cam.azimuth = -90.0, 90.0
     cam.distance = reach / math.tan(math.radians(float(sg_task.model.vis.global_.fovy) / 2))
-    image = ax.imshow(np.zeros((height, width, 3), np.uint8), extent=(0, width, 0, height), interpolation="nearest")
+    image = ax.imshow(np.zeros((height, width, 3), np.uint8), extent=(0, width, 0, height), interpolation="nearest",
+                      animated=True)
     ax.set_xlim(0, width)
     ax.set_ylim(0, height)
 
@@ -349,9 +349,20 @@ print("ok")
 """
 
 
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+_GL_LIBRARIES = {"egl": ("EGL", "libEGL (e.g. Debian's libegl1)"), "osmesa": ("OSMesa", "libOSMesa (libosmesa6)")}
+
+
 def _probe_gl(backend: str) -> str | None:
     """None when MuJoCo renders offscreen with MUJOCO_GL=``backend`` (tried in a child process: a broken GL
-    library can crash it), else why not (the child's last error line)."""
+    library can crash it), else why not: the missing library, or the child's error."""
+    import ctypes.util
+
+    if backend in _GL_LIBRARIES and ctypes.util.find_library(_GL_LIBRARIES[backend][0]) is None:
+        return f"{_GL_LIBRARIES[backend][1]} is not installed"
     env = {**os.environ, "MUJOCO_GL": backend}
     if backend in ("egl", "osmesa"):
         env["PYOPENGL_PLATFORM"] = backend
@@ -361,7 +372,8 @@ def _probe_gl(backend: str) -> str | None:
         return str(exc)
     if r.returncode == 0 and r.stdout.strip().endswith("ok"):
         return None
-    lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(" ")]
+    first = r.stderr.split("Exception ignored in")[0]  # the error itself, not the destructors' noise after it
+    lines = [ln.strip() for ln in first.splitlines() if ln.strip() and not ln.startswith(" ")]
     errors = [ln for ln in lines if "Error" in ln or "error" in ln]
     return ((errors or lines or [f"exit code {r.returncode}"])[-1])[:200]
 
@@ -373,7 +385,7 @@ def gl_backend(family_name: str = "this family") -> str:
     twin = _twin(family_name)
     also = f" The built-in twin '{twin}' renders without GL." if twin else ""
     for module, package in (("mujoco", "mujoco"), ("safety_gymnasium", "safety-gymnasium")):
-        if importlib.util.find_spec(module) is None:
+        if not _installed(module):
             raise UserError(f"Cannot render '{family_name}': the Python package '{package}' is not installed (`make "
                             f"venv` installs the pinned stack).{also}")
     chosen = os.environ.get("MUJOCO_GL", "").strip().lower()
@@ -389,10 +401,11 @@ def gl_backend(family_name: str = "this family") -> str:
             return backend
         reasons[backend] = why
     tried = "; ".join(f"MUJOCO_GL={b}: {why}" for b, why in reasons.items())
-    hint = (f"MUJOCO_GL={chosen} does not work here; unset it or set it to a backend that does"
-            if chosen else "no display either (DISPLAY is unset)")
+    no_display = "" if os.environ.get("DISPLAY") else " There is no display for glfw either (DISPLAY is unset)."
+    hint = (f" MUJOCO_GL={chosen} does not work here: unset it (egl and osmesa are then tried) or set another."
+            if chosen else no_display)
     raise UserError(f"Cannot render '{family_name}': MuJoCo's offscreen renderer needs an OpenGL backend and none "
-                    f"works on this machine ({tried}); {hint}. Install EGL (a GPU driver, or Mesa's libegl1 and "
+                    f"works on this machine ({tried}).{hint} Install EGL (a GPU driver, or Mesa's libegl1 and "
                     f"libgl1) or OSMesa (libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa.{also}")
 
 
@@ -444,7 +457,7 @@ class _Panel:
         self.update = drawer_for(family)(self.ax, self.stepper.env, family, task, trail=trail)
         text = dict(fontsize=9, family="DejaVu Sans", verticalalignment="top")
         fig.text((x0 + 6) / width, (top - 3) / height, title, fontweight="bold", **text)
-        self.status = fig.text((x0 + 6) / width, (top - 20) / height, "", **text)
+        self.status = fig.text((x0 + 6) / width, (top - 20) / height, "", animated=True, **text)
         self.t, self.ret, self.cost, self.done = 0, 0.0, 0.0, False
         self.update(self.stepper.env, 0.0)
         self._show()
@@ -464,7 +477,7 @@ class _Panel:
         self.status.set_text(f"t {self.t}   return {self.ret:.2f}   cost {self.cost:g}{end}")
 
     def to_pixel(self, x: float, y: float) -> tuple[int, int]:
-        """(row, col) of the board's image at world point (x, y) (draw first: the aspect is applied then)."""
+        """(row, col) of the board's image at world point (x, y)."""
         px, py = self.ax.transData.transform((x, y))
         return int(round(self.ax.figure.bbox.height - py - 0.5)), int(round(px - 0.5))
 
@@ -480,14 +493,11 @@ class Board:
         self.fig = Figure(figsize=(len(columns) * PANEL / DPI, len(tasks) * PANEL / DPI), dpi=DPI, facecolor="white")
         FigureCanvasAgg(self.fig)
         self.columns = columns
+        self._background, self._moving = None, []
         labels = labels or [f"task {i}" for i in range(len(tasks))]
         self.panels = [[_Panel(self.fig, i, j, len(tasks), len(columns), family, task, seed,
                                f"{labels[i]}: {col.label}", col.trail) for j, col in enumerate(columns)]
                        for i, task in enumerate(tasks)]
-
-    @property
-    def done(self) -> bool:
-        return all(p.done for row in self.panels for p in row)
 
     def close(self) -> None:
         """Free the panels' envs (MuJoCo's GL contexts now, not at interpreter exit, where EGL complains)."""
@@ -496,9 +506,22 @@ class Board:
                 panel.stepper.close()
 
     def image(self) -> np.ndarray:
-        """The board as an RGB array ``[rows * PANEL, columns * PANEL, 3]`` (uint8)."""
-        self.fig.canvas.draw()
-        return np.asarray(self.fig.canvas.buffer_rgba())[..., :3].copy()
+        """The board as an RGB array ``[rows * PANEL, columns * PANEL, 3]`` (uint8).
+
+        What never moves (geometry, titles) is drawn once and kept as a background; each frame restores it and
+        draws only the artists marked ``animated`` (robot, trail, goal button, MuJoCo picture, running numbers):
+        text is most of a full draw's time.
+        """
+        canvas = self.fig.canvas
+        if self._background is None:
+            canvas.draw()  # leaves the animated artists out
+            self._background = canvas.copy_from_bbox(self.fig.bbox)
+            self._moving = sorted(self.fig.findobj(lambda a: a.get_animated()), key=lambda a: a.get_zorder())
+        else:
+            canvas.restore_region(self._background)
+        for artist in self._moving:
+            self.fig.draw_artist(artist)
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def snapshot(family: TaskFamily, task: Task, seed: int = 0) -> tuple[np.ndarray, Callable[[float, float], tuple]]:
@@ -513,7 +536,7 @@ def snapshot(family: TaskFamily, task: Task, seed: int = 0) -> tuple[np.ndarray,
 
 def mp4_unavailable() -> str | None:
     """Why no MP4 can be written here (None: imageio's ffmpeg writer is available)."""
-    if importlib.util.find_spec("imageio_ffmpeg") is None:
+    if not _installed("imageio_ffmpeg"):
         return "no MP4: the package imageio-ffmpeg is not installed (the GIF is written)"
     try:
         import imageio_ffmpeg
@@ -537,12 +560,12 @@ def free_path(out: Path, force: bool) -> Path:
 
 def _load(run_dir: Path):
     from safemeta import registry
-    from safemeta.config.loader import load_config
+    from safemeta.config.loader import load_config, run_plugins
     from safemeta.training.trainer import MetaTrainer
 
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"'{run_dir}' is not a run directory (no config.yaml in it).")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", run_plugins(run_dir))  # with the plugins the run was trained with
     check_renderable(registry.env.get(cfg.env), cfg.env)  # before building anything (sg-: the GL backend)
     trainer = MetaTrainer(cfg)
     trainer.load_checkpoint(run_dir)
@@ -562,7 +585,7 @@ def render(run_dir: str | Path, tasks: Sequence[int] = (0, 1), adapt_steps: int 
     Frames: steps // every + 1, each ``len(tasks) * PANEL`` high and ``2 * PANEL`` wide. Returns the paths written.
     """
     import imageio.v2 as iio2
-    import imageio.v3 as iio
+    from PIL import Image
 
     run_dir = Path(run_dir)
     tasks = list(tasks)
@@ -587,35 +610,46 @@ def render(run_dir: str | Path, tasks: Sequence[int] = (0, 1), adapt_steps: int 
         device = next(iter(trainer.meta.theta.values())).device
         policy = lambda params: lambda obs: trainer.act(obs.to(device), params).cpu()  # noqa: E731
         columns = [Column("meta-policy, before adaptation", None, "trail_before"),
-                   Column(f"after K={k} steps of {cfg.inner}", None)]
-        board = Board(family, chosen, columns, seed, labels=[f"task {i}" for i in tasks])
-        horizon = min(p.stepper.horizon for row in board.panels for p in row)
-        steps = min(steps or MAX_STEPS, horizon)
-        every = every or (1 if steps <= 100 else 2)
-        n_frames = steps // every + 1
-        fps = fps or min(20.0, max(5.0, n_frames / 10))
-        out = free_path(out, force)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        why_not = mp4_unavailable() if mp4 else "no MP4 asked for"
-        mp4_path = out.with_suffix(".mp4")
-        partial = out.with_name(f".{out.stem}.partial.gif")
-        durations = [1000.0 / fps] * (n_frames - 1) + [1500.0]  # the last frame holds 1.5 s before the loop
-        writer = None if why_not else iio2.get_writer(mp4_path, format="FFMPEG", fps=fps, codec="libx264",
-                                                      quality=6, macro_block_size=16, pixelformat="yuv420p")
+                   Column(f"after K={k} step{'' if k == 1 else 's'} of {cfg.inner}", None)]
+        board, writer, partial = Board(family, chosen, columns, seed, labels=[f"task {i}" for i in tasks]), None, {}
         try:
-            with iio.imopen(partial, "w", plugin="pillow") as gif:
-                for i in range(n_frames):
-                    for _ in range(every if i else 0):
-                        _step_rows(board, policy, adapted)
-                    frame = board.image()
-                    gif.write(frame, duration=durations, loop=0, bits=7)
-                    if writer is not None:
-                        writer.append_data(frame)
-        finally:
+            horizon = min(p.stepper.horizon for row in board.panels for p in row)
+            steps = min(steps or MAX_STEPS, horizon)
+            every = every or (1 if steps <= 100 else 2)
+            n_frames = steps // every + 1
+            fps = fps or min(20.0, max(5.0, n_frames / 10))
+            out = free_path(out, force)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            mp4_path = out.with_suffix(".mp4")
+            partial = {p: p.with_name(f".{p.stem}.partial{p.suffix}") for p in (out, mp4_path)}
+            if mp4 and not mp4_unavailable():
+                writer = iio2.get_writer(partial[mp4_path], format="FFMPEG", fps=fps, codec="libx264", quality=6,
+                                         macro_block_size=16, pixelformat="yuv420p")
+            gif = []  # palette frames: a fast octree palette each (median cut, the default, is 10x slower)
+            for i in range(n_frames):
+                for _ in range(every if i else 0):
+                    _step_rows(board, policy, adapted)
+                frame = board.image()
+                gif.append(Image.fromarray(frame).quantize(256, method=Image.Quantize.FASTOCTREE))
+                if writer is not None:
+                    writer.append_data(frame)
+        except BaseException:
             if writer is not None:
                 writer.close()
-        os.replace(partial, out)
-        return [out] + ([mp4_path] if writer is not None else [])
+                writer = None
+            for path in partial.values():
+                path.unlink(missing_ok=True)
+            raise
+        finally:
+            board.close()
+            if writer is not None:
+                writer.close()
+        durations = [round(1000 / fps)] * (n_frames - 1) + [1500]  # the last frame holds 1.5 s before the loop
+        gif[0].save(partial[out], format="GIF", save_all=True, append_images=gif[1:], duration=durations, loop=0)
+        written = [out] + ([mp4_path] if writer is not None else [])
+        for path in written:
+            os.replace(partial[path], path)
+        return written
     finally:
         trainer.close()
 
