@@ -83,7 +83,30 @@ def test_a_killed_writer_leaves_no_record(tmp_path, monkeypatch):
     monkeypatch.undo()
     (record.parent / ".tmp-left.partial").write_bytes(b"half a record")  # a leftover of a killed process
     assert record.parent / ".tmp-left.partial" not in record_paths(store)
-    assert write_record(fresh, run_dir, cfg).read_bytes() == before  # same content, same bytes
+    written = write_record(fresh, run_dir, cfg)
+    assert write_record(fresh, run_dir, cfg).read_bytes() == written.read_bytes()  # same content, same bytes
+    again = read_record(written)
+    assert all(again[k] == rec[k] for k in ("metrics", "meta_test", "views", "run"))
+
+
+def test_a_record_from_an_older_config_schema_is_still_found(tmp_path):
+    from safemeta.evaluation.store import find_record, record_config
+
+    store = _store_copy(tmp_path)
+    path = record_paths(store)[0]
+    rec = read_record(path)
+    cfg = record_config(rec, path)
+    del rec["config"]["critic"]["meta_max_minibatches"]  # as if written before the key existed (default applies)
+    body = {k: v for k, v in rec.items()}
+    import hashlib
+
+    from safemeta.evaluation.store import canonical
+
+    body["digest"] = hashlib.sha256(canonical({k: v for k, v in body.items()})).hexdigest()
+    path.write_bytes(gzip.compress(canonical(body), mtime=0))
+    assert find_record(store, cfg)["meta_test"] == rec["meta_test"]
+    cfg.eval.episodes += 1  # another setting: another cell
+    assert find_record(store, cfg) is None
 
 
 def test_a_grid_continues_from_its_store_without_run_directories(tmp_path, capsys):

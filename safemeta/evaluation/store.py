@@ -5,7 +5,9 @@
 A record holds what a board needs from a run and nothing else (never checkpoints): the resolved config, the
 run's provenance (command, version, commit), every per-iteration metrics row, the meta-test report and every
 view's report. ``key`` is a digest of the resolved config without the keys that cannot change a result (``out``,
-``log``), so a cell with other settings is another record. The record carries ``digest``, the SHA-256 of its
+``log``), so a cell with other settings is another record; a record is found by its config *loaded* (keys added
+since it was written take their defaults, as for a run directory), so a new setting does not orphan the store,
+while a changed default that changes results needs its records re-run (delete them). The record carries ``digest``, the SHA-256 of its
 own canonical JSON: a truncated file fails to decompress or parse, an edited one fails the digest, and either is
 named in the error, never used. Records are written atomically (a temporary file renamed into place, so a killed
 writer leaves nothing a reader takes for a record) and gzip-compressed with a zero timestamp, so a record's bytes
@@ -33,10 +35,14 @@ def canonical(data) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
 
 
+def _results_part(cfg: Config) -> dict:
+    """The resolved config without the keys that cannot change a result."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in IGNORED_KEYS}
+
+
 def config_key(cfg: Config) -> str:
     """12 hex digits identifying a resolved config up to the keys that cannot change its results."""
-    data = {k: v for k, v in to_dict(cfg).items() if k not in IGNORED_KEYS}
-    return hashlib.sha256(canonical(data)).hexdigest()[:12]
+    return hashlib.sha256(canonical(_results_part(cfg))).hexdigest()[:12]
 
 
 def record_path(store: Path, cfg: Config) -> Path:
@@ -75,6 +81,9 @@ def write_record(store: Path, run_dir: Path, cfg: Config) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for older, _ in _same_cell(store, cfg):  # the same cell under the file name of an older config schema
+        if older != path:
+            older.unlink()
     return path
 
 
@@ -94,10 +103,23 @@ def read_record(path: Path) -> dict:
     return data
 
 
+def _same_cell(store: Path, cfg: Config) -> list[tuple[Path, dict]]:
+    """The records of ``cfg``'s cell whose config equals ``cfg`` once loaded: a record written before a config
+    key was added loads with that key's default, as a run directory's ``config.yaml`` does (`bench.find_run`), so
+    adding a setting does not orphan the store (its file name, from the config of its day, may differ)."""
+    folder = Path(store) / f"{cfg.algo}-{cfg.inner}-{cfg.env}"
+    out = []
+    for path in sorted(folder.glob(f"s{cfg.seed}-*{SUFFIX}")):
+        record = read_record(path)
+        if _results_part(record_config(record, path)) == _results_part(cfg):
+            out.append((path, record))
+    return out
+
+
 def find_record(store: Path, cfg: Config) -> dict | None:
     """The verified record of ``cfg`` in ``store``, or None when there is none."""
-    path = record_path(store, cfg)
-    return read_record(path) if path.exists() else None
+    found = _same_cell(store, cfg)
+    return found[-1][1] if found else None
 
 
 def record_paths(store: Path) -> list[Path]:
