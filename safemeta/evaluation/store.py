@@ -5,7 +5,8 @@
 A record holds what a board needs from a run and nothing else (never checkpoints): the resolved config, the
 run's provenance (command, version, commit), every per-iteration metrics row, the meta-test report and every
 view's report. ``key`` is a digest of the resolved config without the keys that cannot change a result (``out``,
-``log``), so a cell with other settings is another record; a record is found by its config *loaded* (keys added
+``log``, the sections of solvers, updaters and families it does not use), so a cell with other settings is
+another record; a record is found by its config *loaded* (keys added
 since it was written take their defaults, as for a run directory), so a new setting does not orphan the store,
 while a changed default that changes results needs its records re-run (delete them). The record carries ``digest``, the SHA-256 of its
 own canonical JSON: a truncated file fails to decompress or parse, an edited one fails the digest, and either is
@@ -36,8 +37,12 @@ def canonical(data) -> bytes:
 
 
 def _results_part(cfg: Config) -> dict:
-    """The resolved config without the keys that cannot change a result."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in IGNORED_KEYS}
+    """The resolved config without what cannot change a result: ``out``, ``log``, and the settings of inner
+    solvers, outer updaters and families the run does not use (a preset or overlay may carry several)."""
+    data = {k: v for k, v in to_dict(cfg).items() if k not in IGNORED_KEYS}
+    for section, active in (("inner_cfg", cfg.inner), ("outer_cfg", cfg.outer), ("env_cfg", cfg.env)):
+        data[section] = {active: data[section].get(active)}
+    return data
 
 
 def config_key(cfg: Config) -> str:
