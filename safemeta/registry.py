@@ -101,6 +101,8 @@ _BUILTIN_MODULES = (
     "safemeta.algorithms.inner.ppo",
     "safemeta.algorithms.inner.ppolag",
     "safemeta.algorithms.inner.pidlag",
+    "safemeta.algorithms.inner.p3o",
+    "safemeta.algorithms.inner.focops",
     "safemeta.algorithms.outer.fomaml",
     "safemeta.algorithms.outer.pooled",
     "safemeta.algorithms.outer.no_meta",

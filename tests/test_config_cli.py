@@ -35,7 +35,7 @@ def test_set_with_wrong_type_is_rejected(tmp_path):
 
 def test_more_bad_inputs(tmp_path):
     assert "out of range" in _err("train", "--set", "inner_cfg.trpo.max_kl=-1", "--out", str(tmp_path))
-    assert "Valid inner solver names: cpo, crpo, pidlag, pidlag_trpo, ppo, ppolag, trpo, trpolag" in _err("train", "--inner", "cpoo", "--out", str(tmp_path))
+    assert "Valid inner solver names: cpo, crpo, focops, p3o, pidlag, pidlag_trpo, ppo, ppolag, trpo, trpolag" in _err("train", "--inner", "cpoo", "--out", str(tmp_path))
     assert "not one of tanh, relu, elu" in _err("train", "--set", "policy.activation=sigmoid", "--out", str(tmp_path))
     assert "does not exist" in _err("train", "--config", str(tmp_path / "missing.yaml"))
     assert "not a run directory" in _err("eval", str(tmp_path))
