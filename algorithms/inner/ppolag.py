@@ -25,7 +25,7 @@ from torch import Tensor
 
 from safemeta.algorithms.inner.base import State, output_field
 from safemeta.algorithms.inner.ppo import PPOConfig, PPOSolver
-from safemeta.algorithms.inner.trpolag import lagrangian_advantages
+from safemeta.algorithms.inner.trpolag import LagrangianDualAscent
 from safemeta.config.schema import spec
 from safemeta.registry import register_inner
 from safemeta.rollout.batch import Batch
@@ -42,18 +42,5 @@ class PPOLagConfig(PPOConfig):
 
 @register_inner("ppolag", "PPO-Lagrangian: PPO's clipped surrogate on (A_R - lambda A_C)/(1+lambda), lambda by "
                            "dual ascent")
-class PPOLag(PPOSolver):
+class PPOLag(LagrangianDualAscent, PPOSolver):
     Config = PPOLagConfig
-
-    def default_state(self, n_tasks: int) -> State:
-        return {"lagrange": torch.full((n_tasks,), float(self.cfg.lagrange_init))}
-
-    def update_lagrange(self, lagrange: Tensor, ep_cost: Tensor, cost_limit: Tensor) -> Tensor:
-        return (lagrange + self.cfg.lagrange_lr * (ep_cost - cost_limit)).clamp(0.0, self.cfg.lagrange_max)
-
-    def before_step(self, batch: Batch, state: State) -> State:
-        lagrange = self.update_lagrange(state["lagrange"], batch.ep_constraint_cost, state["cost_limit"])
-        return {**state, "lagrange": lagrange}
-
-    def advantages(self, batch: Batch, state: State) -> Tensor:
-        return lagrangian_advantages(batch, state["lagrange"])

@@ -32,9 +32,11 @@ class TRPOLagConfig(TRPOConfig):
     output: Literal["last", "feasible"] = output_field("last")
 
 
-@register_inner("trpolag", "TRPO-Lagrangian: TRPO on (A_R - lambda A_C)/(1+lambda), lambda by dual ascent")
-class TRPOLag(TrustRegionSolver):
-    Config = TRPOLagConfig
+class LagrangianDualAscent:
+    """The Lagrangian pieces a solver base (TRPO's, PPO's) takes on: lambda in ``state["lagrange"]`` (so a meta
+    multiplier can seed it), one projected dual-ascent step on J_C - d before each policy step, clamped to
+    [0, lagrange_max], and the Lagrangian advantage (A_R - lambda A_C) / (1 + lambda). Its config has
+    ``lagrange_init``, ``lagrange_lr`` and ``lagrange_max``."""
 
     def default_state(self, n_tasks: int) -> State:
         return {"lagrange": torch.full((n_tasks,), float(self.cfg.lagrange_init))}
@@ -48,6 +50,11 @@ class TRPOLag(TrustRegionSolver):
 
     def advantages(self, batch: Batch, state: State) -> Tensor:
         return lagrangian_advantages(batch, state["lagrange"])
+
+
+@register_inner("trpolag", "TRPO-Lagrangian: TRPO on (A_R - lambda A_C)/(1+lambda), lambda by dual ascent")
+class TRPOLag(LagrangianDualAscent, TrustRegionSolver):
+    Config = TRPOLagConfig
 
 
 def lagrangian_advantages(batch: Batch, lagrange: Tensor) -> Tensor:
