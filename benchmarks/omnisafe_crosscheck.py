@@ -5,7 +5,8 @@
 
     .venv/bin/python benchmarks/omnisafe_crosscheck.py --family sg-env --env-id SafetyPointGoal1-v0 ...
 
-Pairs: ours ``cpo`` / ``trpolag`` / ``crpo`` vs OmniSafe's ``CPO`` / ``TRPOLag`` / ``OnCRPO``, on a stock
+Pairs: ours ``cpo`` / ``trpolag`` / ``crpo`` vs OmniSafe's ``CPO`` / ``TRPOLag`` / ``OnCRPO``, and the PPO-based
+``ppolag`` / ``pidlag`` / ``p3o`` / ``focops`` vs ``PPOLag`` / ``CPPOPID`` / ``P3O`` / ``FOCOPS``, on a stock
 Safety-Gymnasium id (``--family sg-env``: OmniSafe makes the id, ours wraps the same id as the one-task
 family `safemeta.envs.safety_gym_plain`), or on ONE fixed task of a built-in family (the task `safemeta.compat.omnisafe_env` builds for ``SafeMeta-<family>-v0`` from
 ``--task-seed``), with the same policy/critic sizes (64, 64, tanh: both defaults), env steps per epoch,
@@ -27,8 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PAIRS = {"cpo": "CPO", "trpolag": "TRPOLag", "crpo": "OnCRPO", "trpo": "TRPO"}  # trpo: the unconstrained control
+PAIRS = {"cpo": "CPO", "trpolag": "TRPOLag", "crpo": "OnCRPO", "trpo": "TRPO",  # trpo: the unconstrained control
+         "ppolag": "PPOLag", "pidlag": "CPPOPID", "p3o": "P3O", "focops": "FOCOPS"}  # the PPO-based zoo (issue 22)
 DEFAULT_ALGOS = ["cpo", "trpolag", "crpo"]
+# OmniSafe reads d from lagrange_cfgs for its Lagrangian methods, from algo_cfgs for the others (configs/on-policy)
+LAGRANGE_KEYED = {"TRPOLag", "PPOLag", "CPPOPID", "FOCOPS"}
 # OmniSafe's Agent.learn() returns the mean of the last 50 episodes (its logger's window for Metrics/EpRet and
 # EpCost); ours is reported over the same window so that the two columns are the same statistic.
 OMNISAFE_WINDOW = 50
@@ -45,7 +49,7 @@ def run_omnisafe(algo: str, env_id: str, seed: int, args, d: float) -> tuple[flo
             "algo_cfgs": {"steps_per_epoch": args.steps_per_epoch},
             "logger_cfgs": {"log_dir": str(Path(args.out) / "omnisafe"), "use_wandb": False,
                             "use_tensorboard": False, "save_model_freq": 10**6}}
-    if algo == "TRPOLag":
+    if algo in LAGRANGE_KEYED:
         cfgs["lagrange_cfgs"] = {"cost_limit": d}
     elif algo != "TRPO":
         cfgs["algo_cfgs"]["cost_limit"] = d
