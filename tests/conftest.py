@@ -47,6 +47,28 @@ def rollout(make_config):
     return make
 
 
+def assert_solver_ends_within_d_on_point_circle(inner: str, steps: int) -> None:
+    """The solvers' learning test: each of 4 point-circle training tasks gets its own policy from a fresh init and
+    ``steps`` inner steps (8 episodes each), with CPO's cost shaping (Achiam et al. 2017 Sec. 6.3, H = 10) and the
+    ``feasible`` output rule (CRPO's Algorithm 1: the latest iterate estimated feasible); the policy the solver hands
+    out, scored on 16 fresh episodes per task, must have true J_C <= d = 25 on average over the tasks (no tolerance)
+    and a return far above the random initial policy's (about 0)."""
+    import numpy as np
+
+    from safemeta.evaluation.meta_test import solver_endpoint
+    from safemeta.training.trainer import MetaTrainer
+
+    cfg = safemeta.resolve_config([("t", {"env": "point-circle", "inner": inner, "algo": "pretrained", "seed": 0,
+                                          "trainer": {"episodes_per_env": 1}, "critic": {"cost_shaping_horizon": 10},
+                                          "inner_cfg": {inner: {"output": "feasible"}}})])
+    res = solver_endpoint(MetaTrainer(cfg), n_tasks=4, steps=steps, envs_per_task=8, eval_envs=16, seed=0)
+    d = res["cost_limit"]
+    ret, cost = np.mean(res["output"]["return"]), np.mean(res["output"]["cost"])
+    start = np.mean(res["initial"]["return"])
+    assert cost <= d, (inner, cost, res["output"]["cost"])
+    assert ret > max(10 * start, 20.0), (inner, ret, start)
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "safemeta.cli", *args], capture_output=True, text=True,

@@ -2,17 +2,16 @@
 irrelevant, recovery when infeasible, CRPO's switch at limit + tolerance, differentiable steps."""
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 
+from tests.conftest import assert_solver_ends_within_d_on_point_circle
 from safemeta.algorithms.inner.base import episode_cost_advantages
 from safemeta.algorithms.inner.cpo import CPO, CPOConfig
 from safemeta.algorithms.inner.crpo import CRPO, CRPOConfig
 from safemeta.algorithms.inner.trpo import TRPO, TRPOConfig
 from safemeta.errors import UserError
 from safemeta.training.model import stacked_theta
-from safemeta.training.trainer import MetaTrainer
 
 
 @pytest.fixture
@@ -103,18 +102,7 @@ def test_solver_ends_within_the_cost_limit_on_point_circle(inner):
     Algorithm 1 (the latest iterate estimated feasible) for every solver. Without them cpo and crpo end
     around or above d; ``benchmarks/final_cost.py`` runs this protocol over seeds and with / without
     each (its tables in benchmarks/README.md, "Where the inner solvers end")."""
-    import safemeta
-    from safemeta.evaluation.meta_test import solver_endpoint
-
-    cfg = safemeta.resolve_config([("t", {"env": "point-circle", "inner": inner, "algo": "pretrained", "seed": 0,
-                                          "trainer": {"episodes_per_env": 1}, "critic": {"cost_shaping_horizon": 10},
-                                          "inner_cfg": {inner: {"output": "feasible"}}})])
-    res = solver_endpoint(MetaTrainer(cfg), n_tasks=4, steps=40, envs_per_task=8, eval_envs=16, seed=0)
-    d = res["cost_limit"]
-    ret, cost = np.mean(res["output"]["return"]), np.mean(res["output"]["cost"])
-    start = np.mean(res["initial"]["return"])
-    assert cost <= d, (inner, cost, res["output"]["cost"])
-    assert ret > max(10 * start, 20.0), (inner, ret, start)
+    assert_solver_ends_within_d_on_point_circle(inner, steps=40)
 
 
 def test_crpo_outputs_the_latest_iterate_of_n0(parts):

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import assert_solver_ends_within_d_on_point_circle
 from safemeta.algorithms.inner.pidlag import PIDLag, PIDLagConfig, PIDLagTRPO, PIDLagTRPOConfig, pid_update
 from safemeta.algorithms.inner.ppo import PPO, PPOConfig, clipped_surrogate
 from safemeta.algorithms.inner.ppolag import PPOLag, PPOLagConfig
 from safemeta.algorithms.inner.trpolag import TRPOLag, TRPOLagConfig
 from safemeta.errors import UserError
 from safemeta.training.model import stacked_theta
-from safemeta.training.trainer import MetaTrainer
 
 SOLVERS = {"ppo": (PPO, PPOConfig), "ppolag": (PPOLag, PPOLagConfig), "pidlag": (PIDLag, PIDLagConfig),
            "pidlag_trpo": (PIDLagTRPO, PIDLagTRPOConfig)}
@@ -236,15 +236,4 @@ def test_solver_ends_within_the_cost_limit_on_point_circle(inner, steps):
     ``feasible`` output rule; the handed-out policy, scored on 16 fresh episodes per task, has true J_C <= d = 25
     on average over the tasks (no tolerance) and a return far above the random initial policy's (about 0).
     The PPO solvers take 25 steps (each is up to 10 passes of minibatch Adam; they end far inside d by then)."""
-    import safemeta
-    from safemeta.evaluation.meta_test import solver_endpoint
-
-    cfg = safemeta.resolve_config([("t", {"env": "point-circle", "inner": inner, "algo": "pretrained", "seed": 0,
-                                          "trainer": {"episodes_per_env": 1}, "critic": {"cost_shaping_horizon": 10},
-                                          "inner_cfg": {inner: {"output": "feasible"}}})])
-    res = solver_endpoint(MetaTrainer(cfg), n_tasks=4, steps=steps, envs_per_task=8, eval_envs=16, seed=0)
-    d = res["cost_limit"]
-    ret, cost = np.mean(res["output"]["return"]), np.mean(res["output"]["cost"])
-    start = np.mean(res["initial"]["return"])
-    assert cost <= d, (inner, cost, res["output"]["cost"])
-    assert ret > max(10 * start, 20.0), (inner, ret, start)
+    assert_solver_ends_within_d_on_point_circle(inner, steps)

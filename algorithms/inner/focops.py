@@ -1,5 +1,5 @@
 """FOCOPS inner solver (Zhang, Vuong & Ross 2020, "First Order Constrained Optimization in Policy Space"), batched
-over tasks, on the PPO base's minibatch machinery (``p3o.ObjectivePPOSolver``: per-task minibatch Adam on the
+over tasks, on the PPO base's minibatch machinery (``ppo.MinibatchSolver``: per-task minibatch Adam on the
 ``[N, P]`` stack, per-task KL early stop).
 
 FOCOPS solves the KL-constrained CMDP step in the nonparametric policy space (its optimal update pi*, eq. 5) and
@@ -21,9 +21,12 @@ Per task and inner step (Algorithm 1):
   ``focops_eta``), the others continue.
 
 Defaults: lambda 1.5, delta 0.02 (OmniSafe's ``focops_lam`` / ``focops_eta`` and the paper's), nu_max 2
-(OmniSafe's ``lagrangian_upper_bound``, the paper's), nu_lr 0.01 per unit of J_C - d and nu_0 = 0 (the authors'
-code: plain projected step; OmniSafe moves nu with Adam at lr 0.035 from 0.001), lr 3e-4, minibatch 64, grad-norm
-clip 40, 10 passes (OmniSafe's 40 ``update_iters``; the KL early stop ends most steps sooner). Difference from
+(OmniSafe's ``lagrangian_upper_bound``, the paper's), nu_0 = 0 and a plain projected step (the authors' code;
+OmniSafe moves nu with Adam at lr 0.035 from 0.001) of nu_lr 0.05 per unit of J_C - d: the authors' 0.01 is for
+MuJoCo budgets where J_C - d runs to hundreds; with d = 25 on point-circle it takes nu ~20 steps to reach its cap,
+and the slow test's protocol (4 tasks, 25 steps, seed 0; tests/test_inner_p3o_focops.py) ended at a mean cost
+of 27.2 > d (one task at 90.9) with 0.01, 12.6 with 0.05 and 15.8 with 0.1 (one task at 35.4), so 0.05;
+lr 3e-4, minibatch 64, grad-norm clip 40, 10 passes (OmniSafe's 40 ``update_iters``; the KL early stop ends most steps sooner). Difference from
 OmniSafe's FOCOPS besides nu's optimizer: it divides A_R - nu A_C by 1 + nu; here the paper's A_R - nu A_C.
 
 nu is the state key ``lagrange``, as trpolag / ppolag's lambda: C-MAML's meta multiplier seeds it through
@@ -41,8 +44,7 @@ import torch
 from torch import Tensor
 
 from safemeta.algorithms.inner.base import State, normalize, output_field
-from safemeta.algorithms.inner.p3o import ObjectivePPOSolver
-from safemeta.algorithms.inner.ppo import PPOConfig
+from safemeta.algorithms.inner.ppo import MinibatchSolver, PPOConfig
 from safemeta.config.schema import spec
 from safemeta.registry import register_inner
 from safemeta.rollout.batch import Batch
@@ -56,7 +58,8 @@ class FOCOPSConfig(PPOConfig):
     lam: float = spec(1.5, gt=0, doc="lambda, the temperature of the nonparametric update (OmniSafe's focops_lam)")
     delta: float = spec(0.02, gt=0, doc="per-state KL bound of the indicator (OmniSafe's focops_eta)")
     lagrange_init: float = spec(0.0, ge=0, doc="nu_0, the cost multiplier at the start")
-    lagrange_lr: float = spec(0.01, ge=0, doc="nu's projected dual step per unit of J_C - d (the authors' nu_lr)")
+    lagrange_lr: float = spec(0.05, ge=0, doc="nu's projected dual step per unit of J_C - d (the authors' nu_lr "
+                                                   "is 0.01, for MuJoCo's larger episode costs; module docstring)")
     lagrange_max: float = spec(2.0, gt=0, doc="nu_max, upper clamp of nu (the paper's and OmniSafe's 2)")
     output: Literal["last", "feasible"] = output_field("last")
 
@@ -75,7 +78,7 @@ def focops_loss(kl: Tensor, ratio: Tensor, adv_r: Tensor, adv_c: Tensor, nu: Ten
 
 @register_inner("focops", "FOCOPS: minibatch Adam on KL(pi||pi_old) - (1/lambda) r (A_R - nu A_C) on states with "
                            "KL <= delta, nu by dual ascent")
-class FOCOPS(ObjectivePPOSolver):
+class FOCOPS(MinibatchSolver):
     Config = FOCOPSConfig
 
     def default_state(self, n_tasks: int) -> State:

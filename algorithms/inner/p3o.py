@@ -1,6 +1,6 @@
 """P3O inner solver (Zhang, Shen, Yang, Chen, Yuan, Wang & Tao 2022, "Penalized Proximal Policy Optimization for
-Safe Reinforcement Learning"), batched over tasks, on the PPO base (``ppo.py``); and `ObjectivePPOSolver`, the PPO
-base's minibatch machinery for a per-task objective other than PPO's L^CLIP (also used by ``focops.py``).
+Safe Reinforcement Learning"), batched over tasks, on the PPO base's minibatch machinery (``ppo.MinibatchSolver``,
+shared with ``ppo``, ``ppolag``, ``pidlag`` and ``focops``).
 
 P3O replaces the CMDP max J_R s.t. J_C <= d by the exact-penalty problem (eq. 9) and its clipped surrogate form
 (eq. 10), per task:
@@ -39,99 +39,10 @@ import torch
 from torch import Tensor
 
 from safemeta.algorithms.inner.base import State, episode_cost_advantages, normalize, output_field
-from safemeta.algorithms.inner.ppo import PPOConfig, PPOSolver, adam_ascent, clipped_surrogate
+from safemeta.algorithms.inner.ppo import MinibatchSolver, PPOConfig, clipped_surrogate
 from safemeta.config.schema import spec
 from safemeta.registry import register_inner
 from safemeta.rollout.batch import Batch
-from safemeta.rollout.params import Params, detach, flat, unflat
-from safemeta.rollout.policy import gaussian_log_prob
-
-
-class ObjectivePPOSolver(PPOSolver):
-    """``PPOSolver.ppo_update``'s loop (per-task permutations, minibatch Adam on the ``[N, P]`` stack, per-task KL
-    early stop, ``max_minibatches``) ascending ``minibatch_objective`` instead of L^CLIP.
-
-    A subclass gives ``sample_terms(batch, state)`` (per-sample tensors ``[N, T, E, ...]``, held fixed during the
-    step), ``minibatch_objective(logp, mean, log_std, mb, state)`` (the per-task ``[N]`` objective to ascend on a
-    minibatch; ``mb`` holds the terms, ``logp_old``, ``old_mean`` and ``old_log_std`` of its samples, ``[N, B, ...]``)
-    and ``early_stop_kl`` (the threshold on the batch's mean KL(pi_old || pi); 0: none)."""
-
-    def sample_terms(self, batch: Batch, state: State) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def minibatch_objective(self, logp: Tensor, mean: Tensor, log_std: Tensor, mb: dict[str, Tensor],
-                            state: State) -> Tensor:
-        raise NotImplementedError
-
-    @property
-    def early_stop_kl(self) -> float:
-        return float(self.cfg.target_kl)
-
-    def step(self, params: Params, batch: Batch, state: State, differentiable: bool = False
-             ) -> tuple[Params, State, dict[str, Tensor]]:
-        if differentiable:
-            raise NotImplementedError(f"{type(self).__name__} has no differentiable step")
-        state = self.before_step(batch, state)
-        new, info = self.objective_update(params, batch, state)
-        return new, state, {**info, **{k: v for k, v in state.items() if k != "cost_limit"}}
-
-    def whole_batch_terms(self, params: Params, batch: Batch, state: State) -> dict[str, Tensor]:
-        """The terms of every sample, flattened to ``[N, S, ...]``, with the old policy's log-prob, mean, log-std."""
-        n = batch.logp.shape[0]
-        samples = batch.logp[0].numel()
-        obs = batch.obs.reshape(n, samples, -1)
-        with torch.no_grad():
-            old_mean, old_log_std = self.actor_fn(detach(params), obs)
-        terms = {k: v.detach().reshape(n, samples, *v.shape[3:]) for k, v in self.sample_terms(batch, state).items()}
-        return {**terms, "obs": obs, "act": batch.act.reshape(n, samples, -1),
-                "logp_old": batch.logp.reshape(n, samples).detach(), "old_mean": old_mean.detach(),
-                "old_log_std": old_log_std.expand_as(old_mean).detach()}
-
-    def evaluate(self, x: Tensor, like: Params, mb: dict[str, Tensor], state: State) -> Tensor:
-        mean, log_std = self.actor_fn(unflat(x, like), mb["obs"])
-        log_std = log_std.expand_as(mean)
-        return self.minibatch_objective(gaussian_log_prob(mb["act"], mean, log_std), mean, log_std, mb, state)
-
-    def objective_update(self, params: Params, batch: Batch, state: State) -> tuple[Params, dict[str, Tensor]]:
-        cfg = self.cfg
-        n = batch.logp.shape[0]
-        samples, size, gens = self.minibatch_plan(batch)
-        old = detach(params)
-        terms = self.whole_batch_terms(old, batch, state)
-        rows = torch.arange(n).unsqueeze(1)
-        x = flat(old).clone()
-        m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
-        active = torch.ones(n, dtype=torch.bool)
-        epochs_run = torch.zeros(n)
-        steps, cap, limit = 0, cfg.max_minibatches, self.early_stop_kl
-        with torch.enable_grad():
-            for _ in range(cfg.epochs):
-                if size < samples:
-                    perm = torch.stack([torch.randperm(samples, generator=g) for g in gens])
-                else:
-                    perm = torch.arange(samples).expand(n, samples)
-                shuffled = {k: v[rows, perm] for k, v in terms.items()}
-                for start in range(0, samples, size):
-                    if cap and steps >= cap:
-                        break
-                    mb = {k: v[:, start:start + size] for k, v in shuffled.items()}
-                    leaf = x.detach().requires_grad_(True)
-                    (grad,) = torch.autograd.grad(self.evaluate(leaf, old, mb, state).sum(), leaf)
-                    steps += 1
-                    x = adam_ascent(x, grad, m1, m2, steps, cfg.lr, active, cfg.max_grad_norm)
-                epochs_run += active.float()
-                if limit > 0:
-                    with torch.no_grad():
-                        active = active & (self.mean_kl(old, unflat(x, old), batch) <= limit)
-                if not bool(active.any()) or (cap and steps >= cap):
-                    break
-        p = unflat(x, old)
-        with torch.no_grad():
-            gain = self.evaluate(x, old, terms, state) - self.evaluate(flat(old), old, terms, state)
-            kl = self.mean_kl(old, p, batch)
-        info = {"kl": kl, "objective_gain": gain, "epochs": epochs_run,
-                "early_stopped": (~active).float() if limit > 0 else torch.zeros(n)}
-        return p, info
 
 
 @dataclass
@@ -156,7 +67,7 @@ def p3o_penalty(cost_surrogate: Tensor, violation: Tensor, kappa: float) -> Tens
 
 @register_inner("p3o", "P3O: PPO's clipped reward surrogate minus kappa * ReLU(clipped cost surrogate + J_C - d), "
                        "the exact penalty")
-class P3O(ObjectivePPOSolver):
+class P3O(MinibatchSolver):
     Config = P3OConfig
 
     def advantages(self, batch: Batch, state: State) -> Tensor:

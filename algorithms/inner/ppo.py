@@ -1,7 +1,7 @@
 """The PPO family of inner solvers (Schulman et al. 2017, "Proximal Policy Optimization Algorithms"),
 batched over tasks; ``ppo`` itself is the unconstrained member (``ppolag.py`` and ``pidlag.py`` add a multiplier).
 
-One inner step, for all N tasks at once (``PPOSolver.step``):
+One inner step, for all N tasks at once (``MinibatchSolver.step``, the loop ``p3o`` and ``focops`` share):
 - ``before_step(batch, state)``: a subclass's multiplier update (PPO-Lagrangian's dual ascent, the PID
   controller), done before the policy update as in OmniSafe;
 - A = ``advantages(batch, state)`` (``ppo``: A_R standardized per task), held fixed during the step;
@@ -41,6 +41,7 @@ from safemeta.config.schema import spec
 from safemeta.registry import register_inner
 from safemeta.rollout.batch import Batch
 from safemeta.rollout.params import Params, detach, flat, unflat
+from safemeta.rollout.policy import gaussian_log_prob
 
 SHUFFLE_SEED = 20261222  # base of each task's minibatch generator (plus a number read off its own batch)
 ADAM_BETAS = (0.9, 0.999)
@@ -70,33 +71,46 @@ def clipped_surrogate(logp: Tensor, logp_old: Tensor, adv: Tensor, clip: float) 
     return torch.min(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv)
 
 
-class _Samples:
-    """What ``InnerSolver.log_prob`` / ``mean_kl`` read of a batch (obs, act, logp), for a minibatch ``[N, B]``."""
-
-    def __init__(self, obs: Tensor, act: Tensor, logp: Tensor):
-        self.obs, self.act, self.logp = obs.unsqueeze(2), act.unsqueeze(2), logp.unsqueeze(2)
-
-
 def task_seed(batch: Batch, i: int) -> int:
     """The seed of task ``i``'s minibatch permutations, read off its own rewards (as the critics' fits do)."""
     return SHUFFLE_SEED + int(batch.rew[i].detach().abs().sum().double().mul(1000).remainder(2**31))
 
 
-class PPOSolver(InnerSolver):
-    """The PPO update on ``self.advantages``; subclasses change the advantage and the state (``before_step``)."""
+class MinibatchSolver(InnerSolver):
+    """The minibatch machinery every PPO-style solver shares: per-task permutations, minibatch Adam on the
+    ``[N, P]`` stack, the per-task KL early stop and ``max_minibatches`` (module docstring), ascending a per-task
+    objective on each minibatch.
+
+    A subclass gives ``sample_terms(batch, state)`` (per-sample tensors ``[N, T, E, ...]``, held fixed during the
+    step), ``minibatch_objective(logp, mean, log_std, mb, state)`` (the per-task ``[N]`` objective to ascend on a
+    minibatch; ``mb`` holds the terms, ``logp_old``, ``old_mean`` and ``old_log_std`` of its samples, ``[N, B, ...]``)
+    and optionally ``before_step`` (a multiplier update before the policy step, as OmniSafe's) and
+    ``early_stop_kl`` (the threshold on the batch's mean KL(pi_old || pi); 0: none). ``gain_key`` names the
+    objective's gain over the step in the step's info."""
 
     supports_differentiable = False
+    gain_key = "objective_gain"
 
     def before_step(self, batch: Batch, state: State) -> State:
         return state
+
+    def sample_terms(self, batch: Batch, state: State) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def minibatch_objective(self, logp: Tensor, mean: Tensor, log_std: Tensor, mb: dict[str, Tensor],
+                            state: State) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def early_stop_kl(self) -> float:
+        return float(self.cfg.target_kl)
 
     def step(self, params: Params, batch: Batch, state: State, differentiable: bool = False
              ) -> tuple[Params, State, dict[str, Tensor]]:
         if differentiable:
             raise NotImplementedError(f"{type(self).__name__} has no differentiable step")
         state = self.before_step(batch, state)
-        adv = self.advantages(batch, state).detach()
-        new, info = self.ppo_update(params, batch, adv)
+        new, info = self.minibatch_update(params, batch, state)
         return new, state, {**info, **{k: v for k, v in state.items() if k != "cost_limit"}}
 
     def minibatch_plan(self, batch: Batch) -> tuple[int, int, list[torch.Generator]]:
@@ -105,22 +119,37 @@ class PPOSolver(InnerSolver):
         size = self.cfg.minibatch_size if 0 < self.cfg.minibatch_size < samples else samples
         return samples, size, [torch.Generator().manual_seed(task_seed(batch, i)) for i in range(n)]
 
-    def ppo_update(self, params: Params, batch: Batch, adv: Tensor) -> tuple[Params, dict[str, Tensor]]:
-        """Minibatch Adam on L^CLIP with the per-task KL early stop (module docstring); ``adv`` ``[N, T, E]``."""
+    def whole_batch_terms(self, params: Params, batch: Batch, state: State) -> dict[str, Tensor]:
+        """The terms of every sample, flattened to ``[N, S, ...]``, with the old policy's log-prob, mean, log-std."""
+        n = batch.logp.shape[0]
+        samples = batch.logp[0].numel()
+        obs = batch.obs.reshape(n, samples, -1)
+        with torch.no_grad():
+            old_mean, old_log_std = self.actor_fn(detach(params), obs)
+        terms = {k: v.detach().reshape(n, samples, *v.shape[3:]) for k, v in self.sample_terms(batch, state).items()}
+        return {**terms, "obs": obs, "act": batch.act.reshape(n, samples, -1),
+                "logp_old": batch.logp.reshape(n, samples).detach(), "old_mean": old_mean.detach(),
+                "old_log_std": old_log_std.expand_as(old_mean).detach()}
+
+    def evaluate(self, x: Tensor, like: Params, mb: dict[str, Tensor], state: State) -> Tensor:
+        """The per-task objective at flat parameters ``x`` on the samples ``mb``."""
+        mean, log_std = self.actor_fn(unflat(x, like), mb["obs"])
+        log_std = log_std.expand_as(mean)
+        return self.minibatch_objective(gaussian_log_prob(mb["act"], mean, log_std), mean, log_std, mb, state)
+
+    def minibatch_update(self, params: Params, batch: Batch, state: State) -> tuple[Params, dict[str, Tensor]]:
+        """``epochs`` passes of per-task minibatch Adam up ``minibatch_objective`` with the KL early stop."""
         cfg = self.cfg
         n = batch.logp.shape[0]
         samples, size, gens = self.minibatch_plan(batch)
-        obs = batch.obs.reshape(n, samples, -1)
-        act = batch.act.reshape(n, samples, -1)
-        logp_old = batch.logp.reshape(n, samples).detach()
-        flat_adv = adv.reshape(n, samples)
-        rows = torch.arange(n).unsqueeze(1)
         old = detach(params)
+        terms = self.whole_batch_terms(old, batch, state)
+        rows = torch.arange(n).unsqueeze(1)
         x = flat(old).clone()  # [N, P]: Adam runs on the flat stack, one optimizer per row
         m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
         active = torch.ones(n, dtype=torch.bool)
         epochs_run = torch.zeros(n)
-        steps, cap = 0, cfg.max_minibatches
+        steps, cap, limit = 0, cfg.max_minibatches, self.early_stop_kl
         with torch.enable_grad():
             for _ in range(cfg.epochs):
                 if size < samples:
@@ -128,35 +157,50 @@ class PPOSolver(InnerSolver):
                 else:
                     perm = torch.arange(samples).expand(n, samples)
                 # one gather per pass; the minibatches are then contiguous slices of it
-                e_obs, e_act = obs[rows, perm], act[rows, perm]
-                e_logp, e_adv = logp_old[rows, perm], flat_adv[rows, perm]
+                shuffled = {k: v[rows, perm] for k, v in terms.items()}
                 for start in range(0, samples, size):
                     if cap and steps >= cap:
                         break
-                    sl = slice(start, start + size)
+                    mb = {k: v[:, start:start + size] for k, v in shuffled.items()}
                     leaf = x.detach().requires_grad_(True)
-                    mb = _Samples(e_obs[:, sl], e_act[:, sl], e_logp[:, sl])
-                    logp = self.log_prob(unflat(leaf, old), mb).squeeze(2)
-                    surr = clipped_surrogate(logp, e_logp[:, sl], e_adv[:, sl], cfg.clip).mean(1)
-                    (grad,) = torch.autograd.grad(surr.sum(), leaf)
+                    (grad,) = torch.autograd.grad(self.evaluate(leaf, old, mb, state).sum(), leaf)
                     steps += 1
                     x = adam_ascent(x, grad, m1, m2, steps, cfg.lr, active, cfg.max_grad_norm)
                 epochs_run += active.float()
-                if cfg.target_kl > 0:
+                if limit > 0:
                     with torch.no_grad():
-                        active = active & (self.mean_kl(old, unflat(x, old), batch) <= cfg.target_kl)
+                        active = active & (self.mean_kl(old, unflat(x, old), batch) <= limit)
                 if not bool(active.any()) or (cap and steps >= cap):
                     break
         p = unflat(x, old)
         with torch.no_grad():
+            gain = self.evaluate(x, old, terms, state) - self.evaluate(flat(old), old, terms, state)
             kl = self.mean_kl(old, p, batch)
-            ratio = torch.exp(self.log_prob(p, batch) - batch.logp)
-            gain = (torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv).mean(dim=(1, 2))
-                    - adv.mean(dim=(1, 2)))
-            clip_fraction = ((ratio - 1).abs() > cfg.clip).float().mean(dim=(1, 2))
-        info = {"kl": kl, "surrogate_gain": gain, "epochs": epochs_run, "clip_fraction": clip_fraction,
-                "early_stopped": (~active).float() if cfg.target_kl > 0 else torch.zeros(n)}
-        return p, info
+        info = {"kl": kl, self.gain_key: gain, "epochs": epochs_run,
+                "early_stopped": (~active).float() if limit > 0 else torch.zeros(n)}
+        return p, {**info, **self.step_info(p, batch, terms)}
+
+    def step_info(self, new: Params, batch: Batch, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Extra per-task diagnostics of the step (none here)."""
+        return {}
+
+
+class PPOSolver(MinibatchSolver):
+    """The PPO update: L^CLIP on ``self.advantages`` (held fixed during the step); subclasses change the advantage
+    and the state (``before_step``)."""
+
+    gain_key = "surrogate_gain"
+
+    def sample_terms(self, batch: Batch, state: State) -> dict[str, Tensor]:
+        return {"adv": self.advantages(batch, state)}
+
+    def minibatch_objective(self, logp, mean, log_std, mb, state) -> Tensor:
+        return clipped_surrogate(logp, mb["logp_old"], mb["adv"], self.cfg.clip).mean(1)
+
+    def step_info(self, new: Params, batch: Batch, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        with torch.no_grad():
+            ratio = torch.exp(self.log_prob(new, batch) - batch.logp)
+        return {"clip_fraction": ((ratio - 1).abs() > self.cfg.clip).float().mean(dim=(1, 2))}
 
 
 def adam_ascent(x: Tensor, grad: Tensor, m1: Tensor, m2: Tensor, t: int, lr: float, active: Tensor,
