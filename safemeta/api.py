@@ -68,7 +68,7 @@ def train(cfg: Config, on_iteration: Callable[[dict], None] | None = None) -> Ru
     """Meta-train a new run in a fresh directory under ``cfg.out``."""
     trainer = MetaTrainer(cfg)  # validates names/capabilities before anything is written
     check_free_space(cfg.out, space_needed(trainer))
-    run_dir = new_run_dir(cfg.out, cfg.algo, cfg.inner, cfg.env, cfg.seed)
+    run_dir = new_run_dir(cfg.out, cfg.algo_id, cfg.inner, cfg.env, cfg.seed)
     check_writable(run_dir)
     save_config(cfg, run_dir / "config.yaml")
     atomic_write_text(run_dir / "run.json", json.dumps(run_info(), indent=1))

@@ -55,7 +55,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.algo}/{self.cfg.inner} on {self.env} s{self.seed}"
+        return f"{self.cfg.algo_id}/{self.cfg.inner} on {self.env} s{self.seed}"
 
 
 def load_grid(path: str | Path) -> list[Cell]:
@@ -157,7 +157,7 @@ def in_store(store: Path, cfg: Config, views: dict[str, dict]) -> bool:
 
 def find_run(cfg: Config) -> Path | None:
     """The existing run directory of this exact resolved config, if any (newest first)."""
-    group = Path(cfg.out) / f"{cfg.algo}-{cfg.inner}-{cfg.env}"
+    group = Path(cfg.out) / cfg.cell_name
     for run_dir in sorted(group.glob(f"*-s{cfg.seed}"), reverse=True):
         try:
             if (run_dir / "config.yaml").is_file() and load_config(run_dir / "config.yaml") == cfg:

@@ -97,16 +97,50 @@ def test_a_record_from_an_older_config_schema_is_still_found(tmp_path):
     rec = read_record(path)
     cfg = record_config(rec, path)
     del rec["config"]["critic"]["meta_max_minibatches"]  # as if written before the key existed (default applies)
-    body = {k: v for k, v in rec.items()}
+    _rewrite(path, rec)
+    assert find_record(store, cfg)["meta_test"] == rec["meta_test"]
+    cfg.eval.episodes += 1  # another setting: another cell
+    assert find_record(store, cfg) is None
+
+
+def _rewrite(path: Path, rec: dict) -> None:
+    """Write ``rec`` to ``path`` as a valid record (its digest recomputed), as the store's writer would."""
     import hashlib
 
     from safemeta.evaluation.store import canonical
 
-    body["digest"] = hashlib.sha256(canonical({k: v for k, v in body.items()})).hexdigest()
+    body = {k: v for k, v in rec.items() if k != "digest"}
+    body["digest"] = hashlib.sha256(canonical(body)).hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(canonical(body), mtime=0))
+
+
+def test_a_variant_is_its_own_cell_record_and_board_row(tmp_path):
+    """``variant`` (e.g. an ablation) changes nothing in training but keeps its records and rows apart."""
+    from safemeta.evaluation.store import find_record, record_config, record_path
+
+    store = _store_copy(tmp_path)
+    path = [p for p in record_paths(store) if p.parent.name.startswith("fomaml_trpo-")][0]
+    rec = read_record(path)
+    cfg = record_config(rec, path)
+    cfg.variant = "no-eta"
+    assert find_record(store, cfg) is None  # not the preset's record
+    assert record_path(store, cfg).parent.name == "fomaml_trpo.no-eta-trpo-tiny-nav"
+    rec["config"]["variant"] = "no-eta"
+    rec["meta_test"]["steps"][-1]["return_mean"] += 1.0
+    _rewrite(record_path(store, cfg), rec)
     assert find_record(store, cfg)["meta_test"] == rec["meta_test"]
-    cfg.eval.episodes += 1  # another setting: another cell
-    assert find_record(store, cfg) is None
+    make_leaderboards(store, tmp_path / "b", None, "x", store=True)
+    board = (tmp_path / "b" / "tiny-nav.md").read_text()
+    assert "fomaml_trpo / trpo" in board  # the preset's row stays
+    assert "fomaml_trpo.no-eta / trpo" in board
+
+
+def test_a_bad_variant_name_is_refused_with_the_rule(tmp_path):
+    import safemeta
+
+    with pytest.raises(UserError, match="variant.*'No Eta'.*must match"):
+        safemeta.resolve_config([("t", {"env": "tiny-nav", "algo": "c_maml", "variant": "No Eta"})])
 
 
 def test_a_grid_continues_from_its_store_without_run_directories(tmp_path, capsys):

@@ -11,10 +11,10 @@ the closest valid keys. Values given with ``--set a.b=value`` are parsed as YAML
 """
 from __future__ import annotations
 
-import warnings
-
+import re
 import types
 import typing
+import warnings
 from dataclasses import MISSING, fields, is_dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -220,6 +220,10 @@ class Validator:
         elif tp is str:
             if not isinstance(v, str):
                 raise bad("a string")
+            pattern = (meta or {}).get("pattern")
+            if pattern is not None and not re.fullmatch(pattern, v):
+                raise UserError(f"Config key '{key}'{self.where(key)}: {v!r} is not a valid value (it must match "
+                                f"{pattern}).")
             return v
         else:
             raise bad(getattr(tp, "__name__", str(tp)))

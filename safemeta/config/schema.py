@@ -12,9 +12,11 @@ from typing import Any, Literal
 
 
 def spec(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-         lt: float | None = None, doc: str = "") -> Any:
-    """A dataclass field with a valid range checked by the validator."""
-    meta = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc}.items() if v not in (None, "")}
+         lt: float | None = None, pattern: str | None = None, doc: str = "") -> Any:
+    """A dataclass field with a valid range (numbers) or a regular expression its value must match in full
+    (strings) checked by the validator."""
+    meta = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt, "pattern": pattern, "doc": doc}.items()
+            if v not in (None, "")}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -116,6 +118,9 @@ class Config:
     outer: str
     env: str
     seed: int = spec(0, ge=0)
+    variant: str = spec("", pattern=r"[a-z0-9][a-z0-9_-]*|", doc="a name for a variant of the preset, e.g. an "
+                        "ablation ('no-eta'): it changes nothing in training, but keeps the variant's runs, store "
+                        "records and board rows apart from the preset's ('c_maml.no-eta / trpolag')")
     out: str = "runs"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -125,6 +130,16 @@ class Config:
     inner_cfg: dict[str, Any] = field(default_factory=dict)
     outer_cfg: dict[str, Any] = field(default_factory=dict)
     env_cfg: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def algo_id(self) -> str:
+        """The algo with its variant, as boards and folder names show it: ``c_maml`` or ``c_maml.no-eta``."""
+        return f"{self.algo}.{self.variant}" if self.variant else self.algo
+
+    @property
+    def cell_name(self) -> str:
+        """``<algo_id>-<inner>-<env>``: the folder of this cell's runs (under ``out``) and store records."""
+        return f"{self.algo_id}-{self.inner}-{self.env}"
 
     @property
     def inner_params(self) -> Any:

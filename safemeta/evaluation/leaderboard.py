@@ -59,7 +59,7 @@ class SeedRun:
 
 @dataclass
 class Method:
-    algo: str
+    algo: str  # with its variant, if any (``Config.algo_id``: ``c_maml.no-eta``)
     inner: str
     runs: list[SeedRun] = field(default_factory=list)
 
@@ -124,7 +124,7 @@ def group(runs: list[SeedRun]) -> dict[str, dict[tuple[str, str], Method]]:
     by_family: dict[str, dict[tuple[str, str], Method]] = defaultdict(dict)
     newest: dict[tuple, SeedRun] = {}
     for r in runs:
-        key = (r.cfg.env, r.cfg.algo, r.cfg.inner, r.cfg.seed)
+        key = (r.cfg.env, r.cfg.algo_id, r.cfg.inner, r.cfg.seed)
         if key not in newest or _age(r) > _age(newest[key]):
             newest[key] = r
     for (env, algo, inner, _), r in sorted(newest.items()):

@@ -51,7 +51,7 @@ def config_key(cfg: Config) -> str:
 
 
 def record_path(store: Path, cfg: Config) -> Path:
-    return Path(store) / f"{cfg.algo}-{cfg.inner}-{cfg.env}" / f"s{cfg.seed}-{config_key(cfg)}{SUFFIX}"
+    return Path(store) / cfg.cell_name / f"s{cfg.seed}-{config_key(cfg)}{SUFFIX}"
 
 
 def _read_json(path: Path):
@@ -112,7 +112,7 @@ def _same_cell(store: Path, cfg: Config) -> list[tuple[Path, dict]]:
     """The records of ``cfg``'s cell whose config equals ``cfg`` once loaded: a record written before a config
     key was added loads with that key's default, as a run directory's ``config.yaml`` does (`bench.find_run`), so
     adding a setting does not orphan the store (its file name, from the config of its day, may differ)."""
-    folder = Path(store) / f"{cfg.algo}-{cfg.inner}-{cfg.env}"
+    folder = Path(store) / cfg.cell_name
     out = []
     for path in sorted(folder.glob(f"s{cfg.seed}-*{SUFFIX}")):
         record = read_record(path)
