@@ -36,7 +36,7 @@ class Claim:
     paper: str
     statement: str
     family: str
-    grid: str
+    grid: list[str]  # the grid file(s) whose cells the claim reads (a file or a list in claims.yaml)
     view: str
     metric: str
     subject: str
@@ -60,7 +60,9 @@ def load_claims(path: str | Path) -> tuple[Path, list[Claim]]:
         if item["metric"] not in VERDICTS:
             raise UserError(f"Claim '{item['id']}' of '{path}': unknown metric '{item['metric']}'. "
                             f"Valid: {', '.join(VERDICTS)}.")
-        claims.append(Claim(**{**item, "rivals": list(item["rivals"]), "seeds": int(item["seeds"])}))
+        grids = item["grid"] if isinstance(item["grid"], list) else [item["grid"]]
+        claims.append(Claim(**{**item, "grid": [str(g) for g in grids], "rivals": list(item["rivals"]),
+                               "seeds": int(item["seeds"])}))
     return Path(spec["store"]), claims
 
 
@@ -146,12 +148,13 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
         if c.picture:
             md += [f"![{c.subject} on held-out tasks: the meta-policy (left) and the policy after K steps (right)]"
                    f"({c.picture})", "", f"Picture: `{c.picture_command}`." if c.picture_command else "", ""]
-        grid = yaml.safe_load(Path(c.grid).read_text()) if Path(c.grid).is_file() else {}
-        md += ["", "```", f"safemeta bench {c.grid}", f"safemeta leaderboard --store {store} --out "
+        md += ["", "```", *[f"safemeta bench {g}" for g in c.grid], f"safemeta leaderboard --store {store} --out "
                f"{Path(out).parent / 'claims'}", command, "```", ""]
-        if grid.get("set"):
-            md += [f"Grid settings: `{grid['set']}`" + (f", per algo `{grid['algo_set']}`" if grid.get("algo_set") else ""),
-                   ""]
+        for g in c.grid:
+            grid = yaml.safe_load(Path(g).read_text()) if Path(g).is_file() else {}
+            if grid.get("set"):
+                md += [(f"Grid settings of `{Path(g).name}`: " if len(c.grid) > 1 else "Grid settings: ")
+                       + f"`{grid['set']}`" + (f", per algo `{grid['algo_set']}`" if grid.get("algo_set") else ""), ""]
     path = Path(out)
     atomic_write_text(path, "\n".join(md))
     return path
