@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--critics", choices=["inherit", "fresh"], help="start the task critics from the carried "
                    "initialization, or a random one (default: the run's eval.critics)")
     e.add_argument("--episodes", type=int, help="fresh evaluation episodes per task after each step (eval.episodes)")
+    e.add_argument("--envs-per-task", type=int, help="envs of each fine-tuning step's batch (eval.envs_per_task)")
     e.add_argument("--view", metavar="NAME", help="save the report as the run's view NAME (RUN_DIR/views/NAME.json), "
                    "which `safemeta leaderboard` renders as its own table")
 
@@ -141,12 +142,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from safemeta.evaluation.meta_test import describe_protocol, save_view
     from safemeta.training.tracking import atomic_write_text
 
-    for flag, low in (("tasks", 1), ("adapt_steps", 0), ("episodes", 1)):
+    for flag, low in (("tasks", 1), ("adapt_steps", 0), ("episodes", 1), ("envs_per_task", 1)):
         if getattr(args, flag) is not None and getattr(args, flag) < low:
             raise UserError(f"--{flag.replace('_', '-')} must be >= {low}, got {getattr(args, flag)}.")
     run = Run.load(args.run_dir)
     report = run.meta_test(args.tasks, args.adapt_steps, args.seed, inner=args.inner, multipliers=args.multipliers,
-                           critics=args.critics, episodes=args.episodes)
+                           critics=args.critics, episodes=args.episodes, envs_per_task=args.envs_per_task)
     report["iteration"] = run.trainer.iteration
     spec = report["spec"]
     if args.view:

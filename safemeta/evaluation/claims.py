@@ -27,7 +27,9 @@ from safemeta.evaluation.stats import Estimate, bootstrap
 from safemeta.training.tracking import atomic_write_text
 
 CLAIM_KEYS = {"id", "paper", "statement", "family", "grid", "view", "metric", "subject", "rivals", "seeds"}
-OPTIONAL_KEYS = {"picture", "picture_command"}  # a `safemeta render` GIF of the subject (path relative to the page)
+# picture(_command): a `safemeta render` GIF of the subject (path relative to the page); finding: the traced cause
+# where a claim does not (fully) reproduce, with the commands that showed it (written by whoever traced it)
+OPTIONAL_KEYS = {"picture", "picture_command", "finding"}
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Claim:
     seeds: int
     picture: str = ""
     picture_command: str = ""
+    finding: str = ""
 
 
 def load_claims(path: str | Path) -> tuple[Path, list[Claim]]:
@@ -145,6 +148,8 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
             else:
                 md.append(f"| {label}{' (subject)' if label == c.subject else ''} | {seeds} | {value.fmt(2)} | "
                           f"{ret.fmt(2)} | {'yes' if meets else 'no'} | {j.minutes[label]:.1f} |")
+        if c.finding:
+            md += ["", f"**Finding.** {c.finding.strip()}", ""]
         if c.picture:
             md += [f"![{c.subject} on held-out tasks: the meta-policy (left) and the policy after K steps (right)]"
                    f"({c.picture})", "", f"Picture: `{c.picture_command}`." if c.picture_command else "", ""]
