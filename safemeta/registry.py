@@ -110,6 +110,7 @@ _BUILTIN_MODULES = (
     "safemeta.algorithms.outer.dco_trpo",
     "safemeta.algorithms.outer.fomaml_safe",
     "safemeta.algorithms.outer.meta_srl",
+    "safemeta.algorithms.outer.reptile",
     "safemeta.envs.tiny_nav",
     "safemeta.envs.circle",
     "safemeta.envs.button",
