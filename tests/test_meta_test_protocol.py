@@ -171,9 +171,12 @@ def test_bad_eval_inner_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "cannot fine-tune this run's policy" in r.stderr and "Traceback" not in r.stderr
     assert "Solvers that can: " in r.stderr and "cpo" in r.stderr.split("Solvers that can: ")[1]
     r = run_cli("eval", str(run_dir), "--inner", "cpo", "--multipliers", "fresh", "--view", "common-cpo",
-                "--adapt-steps", "1", "--episodes", "2")
+                "--adapt-steps", "1", "--episodes", "2", "--envs-per-task", "3")
     assert r.returncode == 0, r.stderr
     view = json.loads((run_dir / "views" / "common-cpo.json").read_text())
     assert view["view"] == "common-cpo" and view["protocol"]["solver"]["view"] == "common"
+    assert view["spec"]["envs_per_task"] == 3 and view["protocol"]["adapt_batch"]["envs_per_task"] == 3
+    r = run_cli("eval", str(run_dir), "--envs-per-task", "0")
+    assert r.returncode == 2 and "--envs-per-task must be >= 1" in r.stderr
     r = run_cli("eval", str(run_dir), "--view", "bad name!")
     assert r.returncode == 2 and "View name" in r.stderr
