@@ -23,8 +23,9 @@ reset each step, per-task gradient clip ``max_grad_norm``), the ReLU's argument 
 stopping after the pass that takes its mean KL(pi_old || pi) above ``target_kl``. Defaults are OmniSafe's P3O
 (``configs/on-policy/P3O.yaml``): kappa 20, clip 0.2, lr 3e-4, target_kl 0.02, minibatch 64, 10 passes
 (its ``update_iters``). Differences from OmniSafe's P3O: its cost surrogate is the unclipped E[r A_C] with A_C
-standardized (so J_C - d and the surrogate have different units); here the paper's pessimistic clip and A_C in
-episode-cost units.
+standardized (so J_C - d and the surrogate have different units; ``cost_advantage: standardized`` takes its A_C),
+and its J_C is the mean of its logger's last 50 episodes; here the paper's pessimistic clip, A_C in episode-cost
+units and J_C of the current batch.
 
 No differentiable step (``supports_differentiable = False``): Meta-CPO's and Meta-TRPO's outer updaters refuse it.
 P3O has no multiplier (no ``lagrange`` state): C-MAML keeps its meta lambda to itself and a meta-test's
@@ -48,6 +49,10 @@ from safemeta.rollout.batch import Batch
 @dataclass
 class P3OConfig(PPOConfig):
     kappa: float = spec(20.0, ge=0, doc="penalty factor of the exact ReLU penalty (eq. 9/10; OmniSafe's P3O kappa)")
+    cost_advantage: Literal["episode", "standardized"] = spec(
+        "episode", doc="A_C of the cost surrogate: episode (in J_C's units, so L^CLIP_C estimates J_C's change, "
+                       "eq. 10) or standardized per task (OmniSafe's; the surrogate then has no units), for the "
+                       "cross-check")
     output: Literal["last", "feasible"] = output_field("last")
 
 
@@ -76,7 +81,8 @@ class P3O(MinibatchSolver):
     def sample_terms(self, batch: Batch, state: State) -> dict[str, Tensor]:
         adv_r = normalize(batch.adv_r)
         violation = (batch.ep_constraint_cost - state["cost_limit"]).reshape(-1, 1, 1).expand_as(adv_r)
-        return {"adv_r": adv_r, "adv_c": episode_cost_advantages(batch), "violation": violation}
+        adv_c = episode_cost_advantages(batch) if self.cfg.cost_advantage == "episode" else normalize(batch.adv_c)
+        return {"adv_r": adv_r, "adv_c": adv_c, "violation": violation}
 
     def minibatch_objective(self, logp, mean, log_std, mb, state) -> Tensor:
         clip = self.cfg.clip
