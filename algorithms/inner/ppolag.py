@@ -25,7 +25,7 @@ from torch import Tensor
 
 from safemeta.algorithms.inner.base import State, output_field
 from safemeta.algorithms.inner.ppo import PPOConfig, PPOSolver
-from safemeta.algorithms.inner.trpolag import LagrangianDualAscent
+from safemeta.algorithms.inner.trpolag import LagrangianDualAscent, lagrangian_advantages
 from safemeta.config.schema import spec
 from safemeta.registry import register_inner
 from safemeta.rollout.batch import Batch
@@ -37,6 +37,9 @@ class PPOLagConfig(PPOConfig):
     lagrange_lr: float = spec(0.001, ge=0, doc="step size of the dual ascent on lambda per unit of J_C - d "
                                                "(trpolag's measured rate)")
     lagrange_max: float = spec(100.0, gt=0, doc="upper clamp of lambda")
+    cost_advantage: Literal["centered", "standardized"] = spec(
+        "centered", doc="A_C in the Lagrangian advantage: centered (its units kept, as trpolag's) or standardized "
+                        "per task (OmniSafe's PPOLag), for the cross-check")
     output: Literal["last", "feasible"] = output_field("last")
 
 
@@ -44,3 +47,6 @@ class PPOLagConfig(PPOConfig):
                            "dual ascent")
 class PPOLag(LagrangianDualAscent, PPOSolver):
     Config = PPOLagConfig
+
+    def advantages(self, batch: Batch, state: State) -> Tensor:
+        return lagrangian_advantages(batch, state["lagrange"], self.cfg.cost_advantage == "standardized")

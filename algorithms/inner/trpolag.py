@@ -57,7 +57,8 @@ class TRPOLag(LagrangianDualAscent, TrustRegionSolver):
     Config = TRPOLagConfig
 
 
-def lagrangian_advantages(batch: Batch, lagrange: Tensor) -> Tensor:
-    """(A_R - lambda A_C) / (1 + lambda) per task, A_R standardized and A_C centered; ``lagrange`` ``[N]``."""
+def lagrangian_advantages(batch: Batch, lagrange: Tensor, standardize_cost: bool = False) -> Tensor:
+    """(A_R - lambda A_C) / (1 + lambda) per task, A_R standardized and A_C centered (``standardize_cost``: scaled
+    to unit variance too, as OmniSafe's Lagrangian methods do); ``lagrange`` ``[N]``."""
     lam = lagrange.reshape(-1, 1, 1)
-    return (normalize(batch.adv_r) - lam * normalize(batch.adv_c, center_only=True)) / (1 + lam)
+    return (normalize(batch.adv_r) - lam * normalize(batch.adv_c, center_only=not standardize_cost)) / (1 + lam)
