@@ -69,6 +69,28 @@ def assert_solver_ends_within_d_on_point_circle(inner: str, steps: int) -> None:
     assert ret > max(10 * start, 20.0), (inner, ret, start)
 
 
+def assert_task0_ignores_task1(solver, params, batch, state) -> tuple[dict, dict]:
+    """One inner step on ``batch`` and on a copy whose task 1 holds task 2's data and the episode cost 7: task 0's
+    new parameters must be bit-identical, task 1's must differ. Returns the two new states (multiplier checks)."""
+    from dataclasses import replace
+
+    def swap_task1(x):
+        if x is None or x.dim() == 0:
+            return x
+        x = x.clone()
+        x[1] = x[2]
+        return x
+
+    other = replace(batch, **{k: swap_task1(getattr(batch, k)) for k in batch.__dataclass_fields__})
+    other = replace(other, ep_cost=torch.tensor([float(batch.ep_cost[0]), 7.0, float(batch.ep_cost[2])]))
+    a, sa, _ = solver.step(params, batch, state)
+    b, sb, _ = solver.step(params, other, state)
+    for k in a:
+        assert torch.equal(a[k][0], b[k][0]), k
+    assert any(not torch.allclose(a[k][1], b[k][1]) for k in a)
+    return sa, sb
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "safemeta.cli", *args], capture_output=True, text=True,

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from safemeta.algorithms.inner.base import State, normalize, output_field
 from safemeta.algorithms.inner.ppo import MinibatchSolver, PPOConfig
+from safemeta.algorithms.inner.trpolag import LagrangianDualAscent
 from safemeta.config.schema import spec
 from safemeta.registry import register_inner
 from safemeta.rollout.batch import Batch
@@ -78,18 +79,11 @@ def focops_loss(kl: Tensor, ratio: Tensor, adv_r: Tensor, adv_c: Tensor, nu: Ten
 
 @register_inner("focops", "FOCOPS: minibatch Adam on KL(pi||pi_old) - (1/lambda) r (A_R - nu A_C) on states with "
                            "KL <= delta, nu by dual ascent")
-class FOCOPS(MinibatchSolver):
+class FOCOPS(LagrangianDualAscent, MinibatchSolver):
+    """nu's state, dual step and clamp are `LagrangianDualAscent`'s (trpolag / ppolag's lambda); the advantage is
+    FOCOPS' own (A_R - nu A_C, both standardized, no 1 + nu)."""
+
     Config = FOCOPSConfig
-
-    def default_state(self, n_tasks: int) -> State:
-        return {"lagrange": torch.full((n_tasks,), float(self.cfg.lagrange_init))}
-
-    def update_lagrange(self, nu: Tensor, ep_cost: Tensor, cost_limit: Tensor) -> Tensor:
-        return (nu + self.cfg.lagrange_lr * (ep_cost - cost_limit)).clamp(0.0, self.cfg.lagrange_max)
-
-    def before_step(self, batch: Batch, state: State) -> State:
-        return {**state, "lagrange": self.update_lagrange(state["lagrange"], batch.ep_constraint_cost,
-                                                          state["cost_limit"])}
 
     def advantages(self, batch: Batch, state: State) -> Tensor:
         return normalize(batch.adv_r) - state["lagrange"].reshape(-1, 1, 1) * normalize(batch.adv_c)
