@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from safemeta.config.loader import load_config, run_plugins, save_config, to_dic
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
 from safemeta.evaluation.meta_test import evaluate, summary_metrics
-from safemeta.training.run_dir import check_free_space, check_writable, new_run_dir
+from safemeta.training.run_dir import check_free_space, check_writable, git_commit, new_run_dir, run_info  # noqa: F401
 from safemeta.rollout.task import Task
 from safemeta.training.tracking import MetricsLog, atomic_write_text, console  # noqa: F401 (console: API)
 from safemeta.training.trainer import MetaTrainer, planned_iterations
@@ -80,30 +79,6 @@ def space_needed(trainer: MetaTrainer) -> int:
     iteration, and a margin."""
     tr = trainer.cfg.trainer
     return checkpoint_bytes(trainer.state_dict()) * (tr.keep_checkpoints + 1) + 2048 * tr.iters + 2**20
-
-
-def run_info() -> dict:
-    """Provenance of a run: the command, the package version and the git commit it ran from."""
-    import safemeta
-
-    cli = Path(sys.argv[0]).name in ("safemeta", "cli.py")
-    from safemeta.registry import loaded_plugins
-
-    return {"command": " ".join(["safemeta", *sys.argv[1:]] if cli else sys.argv), "plugins": list(loaded_plugins),
-            "version": safemeta.__version__, "commit": git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-
-
-def git_commit() -> str:
-    """The commit of the safemeta source tree (with ``+dirty`` for uncommitted changes), or ``unknown``."""
-    src = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
 
 
 def resume(run_dir: str | Path, iters: int | None = None, on_iteration: Callable[[dict], None] | None = None,

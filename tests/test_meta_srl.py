@@ -13,6 +13,7 @@ from safemeta.algorithms.meta_srl.tabular_learner import (distance_grad, distanc
                                                           ftl_step_size, local_norm, step_size_bound)
 from safemeta.algorithms.meta_srl.tabular_crpo import crpo, softmax
 from safemeta.cli import main
+from safemeta.evaluation.store import read_record
 from safemeta.online.protocol import build_online_config, run_online
 from safemeta.rollout.tabular import evaluate, q_values, solve_constrained, state_occupancy
 
@@ -293,17 +294,41 @@ def test_online_grid_errors_are_clean(tmp_path, capsys):
     assert "'online_dualdice' is not one of meta_srl, random, pretrained, fal, averaging" in capsys.readouterr().err
 
 
-def test_online_grid_writes_a_board_and_skips_finished_cells(tmp_path):
+def test_online_grid_cells_live_in_the_store_and_the_board_is_rebuilt_from_it(tmp_path, capsys):
+    """Each finished cell is one sealed record in the store; a rerun skips them; with ``runs/`` gone the board
+    is rebuilt byte for byte from the store; a truncated or edited record is named (exit 2), never used."""
+    import gzip
+    import json
+    import shutil
+
     grid = tmp_path / "g.yaml"
+    store = tmp_path / "store"
     grid.write_text(f"name: tiny\nlearners: [online_dualdice, fal]\nsettings: {{hi: {{env_cfg: {{similarity: 0.9}}}}}}\n"
-                    f"seeds: [0, 1]\nbase: {{tasks: 3, steps: 2}}\nruns: {tmp_path / 'runs'}\nout: {tmp_path / 'lb'}\n")
+                    f"seeds: [0, 1]\nbase: {{tasks: 3, steps: 2}}\nruns: {tmp_path / 'runs'}\nout: {tmp_path / 'lb'}\n"
+                    f"store: {store}\n")
     assert main(["online", str(grid), "--no-progress"]) == 0
     board = (tmp_path / "lb" / "tiny.md").read_text()
     assert "| online_dualdice |" in board and "| fal |" in board and (tmp_path / "lb" / "tiny.png").exists()
-    csv = tmp_path / "runs" / "tiny" / "hi" / "fal-s1.csv"
-    stamp = csv.stat().st_mtime_ns
+    records = sorted(store.rglob("*.json.gz"))
+    assert [p.name.split("-")[0] for p in records] == ["fal", "fal", "online_dualdice", "online_dualdice"]
+    fal = read_record(records[1])
+    assert fal["cell"]["learner"] == "fal" and fal["cell"]["seed"] == 1 and len(fal["rows"]) == 3
+    assert fal["run"]["wall_time"] > 0 and fal["run"]["commit"]
+    stamps = [p.stat().st_mtime_ns for p in records]
+    shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+    (tmp_path / "lb" / "tiny.md").unlink()
     assert main(["online", str(grid), "--no-progress"]) == 0
-    assert csv.stat().st_mtime_ns == stamp  # finished cells are not rerun or overwritten
+    assert "4 cells, 0 run" in capsys.readouterr().err
+    assert [p.stat().st_mtime_ns for p in records] == stamps  # finished cells are not rerun or overwritten
+    assert (tmp_path / "lb" / "tiny.md").read_text() == board
+    data = json.loads(gzip.decompress(records[0].read_bytes()))
+    data["rows"][-1]["gap"] += 1.0  # a hand edit, digest left as it was
+    records[0].write_bytes(gzip.compress(json.dumps(data).encode()))
+    assert main(["online", str(grid), "--no-progress"]) == 2
+    assert "was edited or corrupted" in capsys.readouterr().err
+    records[0].write_bytes(records[0].read_bytes()[:50])
+    assert main(["online", str(grid), "--no-progress"]) == 2
+    assert "is truncated" in capsys.readouterr().err
 
 
 # -- the neural path through the trainer (preset meta_srl) ----------------------------------------------

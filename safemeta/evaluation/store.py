@@ -67,14 +67,19 @@ def build_record(run_dir: Path, cfg: Config) -> dict:
     info = _read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
     body = {"format": FORMAT, "key": config_key(cfg), "config": to_dict(cfg), "run": info, "metrics": metrics,
             "meta_test": _read_json(run_dir / "meta_test.json"), "views": views}
+    return seal(body)
+
+
+def seal(body: dict) -> dict:
+    """``body`` with its ``digest`` (the SHA-256 of its canonical JSON) added."""
     return {**body, "digest": hashlib.sha256(canonical(body)).hexdigest()}
 
 
-def write_record(store: Path, run_dir: Path, cfg: Config) -> Path:
-    """Write (or replace) the record of ``run_dir`` atomically; returns its path."""
-    path = record_path(store, cfg)
+def write_atomic(path: Path, record: dict) -> Path:
+    """Write a sealed record to ``path`` gzip-compressed and atomically (a temporary file renamed into place)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = gzip.compress(canonical(build_record(run_dir, cfg)), mtime=0)
+    data = gzip.compress(canonical(record), mtime=0)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -86,6 +91,12 @@ def write_record(store: Path, run_dir: Path, cfg: Config) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_record(store: Path, run_dir: Path, cfg: Config) -> Path:
+    """Write (or replace) the record of ``run_dir`` atomically; returns its path."""
+    path = write_atomic(record_path(store, cfg), build_record(run_dir, cfg))
     for older, _ in _same_cell(store, cfg):  # the same cell under the file name of an older config schema
         if older != path:
             older.unlink()

@@ -1,6 +1,7 @@
 """The online protocol's board: TAOG / TACV per learner and task distribution (table + curves).
 
-Reads the cells `safemeta.online.runner.run_online_grid` wrote and writes ``<out>/<grid>.md`` and
+Reads the cells `safemeta.online.runner.run_online_grid` wrote into the results store (and nothing else, so a
+fresh clone rebuilds it) and writes ``<out>/<grid>.md`` and
 ``<out>/<grid>.png``. Intervals are 95% bootstrap intervals over seeds (each seed one task sequence).
 
 Where a grid runs a learner at several fixed step sizes (a learner whose ``alpha`` column is the same on
@@ -20,14 +21,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from safemeta.online.protocol import OnlineGrid, cell_path, read_rows  # noqa: E402
+from safemeta.online.protocol import OnlineGrid, grid_cell_rows  # noqa: E402
 from safemeta.evaluation.stats import bootstrap  # noqa: E402
 from safemeta.training.tracking import atomic_write_text  # noqa: E402
 
 
 def _curves(grid: OnlineGrid, setting: str, learner: str, key: str) -> np.ndarray:
     """``[seeds, T]`` of a per-task column."""
-    runs = [read_rows(cell_path(grid, setting, learner, s)) for s in grid.seeds]
+    runs = [grid_cell_rows(grid, setting, learner, s) for s in grid.seeds]
     n = min(len(r) for r in runs)
     return np.array([[row[key] for row in r[:n]] for r in runs])
 
@@ -51,7 +52,7 @@ def _oracle_alpha_ratio(grid: OnlineGrid, setting: str, learner: str) -> float |
     cfg = StepSizeLearning(**{k: v for k, v in grid.learners[learner].get("learner_cfg", {}).items() if k in names})
     ratios = []
     for seed in grid.seeds:
-        rows = read_rows(cell_path(grid, setting, learner, seed))
+        rows = grid_cell_rows(grid, setting, learner, seed)
         if not rows or not all(k in rows[0] for k in ("learner/distance_optimum", "learner/G", "learner/alpha_next")):
             return None
         d_star = np.array([r["learner/distance_optimum"] for r in rows])

@@ -12,13 +12,12 @@
 On a family without exact tables the same grids run `safemeta.online.continuous` (gaps estimated against
 long-trained references). A grid file (``leaderboards/grids/meta-srl-*.yaml``) names learners x task
 distributions x seeds;
-``safemeta online GRID`` runs the cells it has not run yet (each writes ``<runs>/<grid>/<setting>/
-<learner>-s<seed>.csv``) and writes the board (table + TAOG / TACV curves) into ``leaderboards/meta-srl/``.
+``safemeta online GRID`` runs the cells the results store does not hold yet (each finished cell is one record,
+`safemeta.online.records`) and writes the board (table + TAOG / TACV curves) into ``leaderboards/meta-srl/``
+from the store alone.
 """
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +31,9 @@ from safemeta.config.loader import Validator, read_yaml
 from safemeta.config.schema import spec
 from safemeta.errors import UserError
 from safemeta.rollout.tabular import TabularCMDP, q_values, solve_constrained, state_occupancy
-from safemeta.training.tracking import atomic_write_text
+from safemeta.online.records import cell_rows
+
+DEFAULT_STORE = "leaderboards/results/online"
 
 
 @dataclass
@@ -147,9 +148,10 @@ class OnlineGrid:
     settings: dict[str, dict]  # name -> overrides of the base config (e.g. env_cfg.similarity)
     seeds: list[int]
     base: dict
-    runs: Path
+    runs: Path  # caches (the continuous protocol's references)
     out: Path
     path: Path
+    store: Path  # the results store holding every finished cell (`safemeta.online.records`)
 
 
 def _learner_entries(raw: list, path: str | Path) -> dict[str, dict]:
@@ -174,7 +176,7 @@ def _learner_entries(raw: list, path: str | Path) -> dict[str, dict]:
 
 def load_online_grid(path: str | Path) -> OnlineGrid:
     data = read_yaml(path, "online grid file")
-    allowed = {"name", "learners", "settings", "seeds", "base", "runs", "out"}
+    allowed = {"name", "learners", "settings", "seeds", "base", "runs", "out", "store"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise UserError(f"online grid '{path}': unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}.")
@@ -183,7 +185,8 @@ def load_online_grid(path: str | Path) -> OnlineGrid:
             raise UserError(f"online grid '{path}': '{key}' must be given and non-empty.")
     grid = OnlineGrid(str(data.get("name", Path(path).stem)), _learner_entries(list(data["learners"]), path),
                       dict(data["settings"]), [int(s) for s in data["seeds"]], dict(data.get("base") or {}),
-                      Path(data.get("runs", "runs/online")), Path(data.get("out", "leaderboards/meta-srl")), Path(path))
+                      Path(data.get("runs", "runs/online")), Path(data.get("out", "leaderboards/meta-srl")), Path(path),
+                      Path(data.get("store", DEFAULT_STORE)))
     for setting in grid.settings:  # validate every cell before running any
         for label in grid.learners:
             build_online_config(_cell(grid, setting, label, grid.seeds[0]), f"online grid '{path}' [{setting}, {label}]")
@@ -201,18 +204,6 @@ def _cell(grid: OnlineGrid, setting: str, label: str, seed: int) -> dict:
     return _merge(_merge(grid.base, grid.settings[setting] or {}), {**grid.learners[label], "seed": seed})
 
 
-def cell_path(grid: OnlineGrid, setting: str, label: str, seed: int) -> Path:
-    return grid.runs / grid.name / setting / f"{label}-s{seed}.csv"
-
-
-def write_rows(path: Path, rows: list[dict], config: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    lines = [",".join(keys)] + [",".join(f"{r.get(k, '')}" for k in keys) for r in rows]
-    atomic_write_text(path.with_suffix(".json"), json.dumps(config, indent=1))
-    atomic_write_text(path, "\n".join(lines) + "\n")  # written last: its presence marks the cell finished
-
-
-def read_rows(path: Path) -> list[dict[str, float]]:
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+def grid_cell_rows(grid: OnlineGrid, setting: str, label: str, seed: int) -> list[dict]:
+    """A finished cell's per-task rows, from the results store (a UserError naming it when missing)."""
+    return cell_rows(grid.store, grid.name, setting, label, _cell(grid, setting, label, seed))

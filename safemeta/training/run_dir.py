@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -54,3 +56,27 @@ def check_writable(run_dir: Path) -> None:
     except OSError as e:
         probe.unlink(missing_ok=True)
         raise UserError(f"The run directory '{run_dir}' is not writable: {e.strerror or e}.") from None
+
+
+def run_info() -> dict:
+    """Provenance of a run: the command, the package version and the git commit it ran from."""
+    import safemeta
+
+    cli = Path(sys.argv[0]).name in ("safemeta", "cli.py")
+    from safemeta.registry import loaded_plugins
+
+    return {"command": " ".join(["safemeta", *sys.argv[1:]] if cli else sys.argv), "plugins": list(loaded_plugins),
+            "version": safemeta.__version__, "commit": git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def git_commit() -> str:
+    """The commit of the safemeta source tree (with ``+dirty`` for uncommitted changes), or ``unknown``."""
+    src = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
