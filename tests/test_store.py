@@ -211,3 +211,44 @@ def test_the_worst_step_is_c_mamls_metric_and_bad_claims_files_are_named(tmp_pat
     out = write_claims(_claims_file(tmp_path, 2, "fomaml_trpo / trpo", ["random / trpolag"]), tmp_path / "c.md", "x")
     text = out.read_text()
     assert "**Verdict: " in text and "| fomaml_trpo / trpo (subject) | 2 |" in text
+
+
+def test_meta_srls_claim_is_judged_from_the_online_records(tmp_path):
+    """Hand-made records with known curves: every check holds -> reproduced; the subject worse at high than at
+    low similarity -> partly, naming the checks that hold; a missing seed -> pending."""
+    from safemeta.evaluation.claims import write_claims
+    from safemeta.online.protocol import _cell, load_online_grid
+    from safemeta.online.records import write_cell
+
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(f"name: g\nlearners: [online_dualdice, fal]\nsettings: {{hi: {{env_cfg: {{similarity: 0.9}}}}, "
+                         f"lo: {{env_cfg: {{similarity: 0.2}}}}}}\nseeds: [0, 1]\nbase: {{tasks: 8}}\n"
+                         f"store: {tmp_path / 'store'}\nout: {tmp_path / 'lb'}\n")
+    grid = load_online_grid(grid_file)
+
+    def write(setting, label, seed, level):  # running means of a gap falling from 2 * level to level over 8 tasks
+        gaps = level * np.linspace(2.0, 1.0, 8)
+        rows = [{"gap": g, "viol": g / 10, "taog": gaps[:t + 1].mean(), "tacv": gaps[:t + 1].mean() / 10, "alpha": 0.1}
+                for t, g in enumerate(gaps)]
+        write_cell(grid.store, "g", setting, label, _cell(grid, setting, label, seed), rows, {"wall_time": 60.0})
+
+    for seed in (0, 1):
+        for setting, subject, rival in (("hi", 1.0, 3.0), ("lo", 2.0, 3.0)):
+            write(setting, "online_dualdice", seed, subject)
+            write(setting, "fal", seed, rival)
+    claims = tmp_path / "claims.yaml"
+    claims.write_text(json.dumps({"store": str(tmp_path / "store"), "claims": [
+        {"id": "m", "paper": "Meta-SRL", "statement": "s", "family": "tabular-gridworld", "grid": str(grid_file),
+         "metric": "taog_tacv", "subject": "online_dualdice", "rivals": ["fal"],
+         "similarity": {"high": "hi", "low": "lo"}, "seeds": 2}]}))
+    (tmp_path / "store").mkdir(exist_ok=True)
+    text = write_claims(claims, tmp_path / "c.md", "x").read_text()
+    assert "**Verdict: reproduced.**" in text and "| hi | online_dualdice (subject) | 2 | 1.50 [1.50, 1.50]" in text
+    assert "Time to claim: 1.00 wall minutes" in text
+    for seed in (0, 1):
+        write("hi", "online_dualdice", seed, 2.5)  # now worse at high similarity than at low
+    text = write_claims(claims, tmp_path / "c.md", "x").read_text()
+    assert "**Verdict: partly (holds: tasks, baselines).**" in text
+    assert "| similarity | TAOG_8 3.75 (high) vs 3.00 (low)" in text
+    next((tmp_path / "store" / "g" / "lo").glob("fal-s1-*")).unlink()
+    assert "**Verdict: pending (1 of 2 seeds in the store).**" in write_claims(claims, tmp_path / "c.md", "x").read_text()

@@ -30,6 +30,10 @@ CLAIM_KEYS = {"id", "paper", "statement", "family", "grid", "view", "metric", "s
 # picture(_command): a `safemeta render` GIF of the subject (path relative to the page); finding: the traced cause
 # where a claim does not (fully) reproduce, with the commands that showed it (written by whoever traced it)
 OPTIONAL_KEYS = {"picture", "picture_command", "finding"}
+# Meta-SRL's claim is judged on an online grid (`safemeta.online.claims`): no meta-test view; ``similarity`` names
+# the grid's high- and low-similarity settings
+ONLINE_METRIC = "taog_tacv"
+ONLINE_KEYS = CLAIM_KEYS - {"view"} | {"similarity"}
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Claim:
     picture: str = ""
     picture_command: str = ""
     finding: str = ""
+    similarity: dict | None = None  # online claims: {high: setting, low: setting}
 
 
 def load_claims(path: str | Path) -> tuple[Path, list[Claim]]:
@@ -55,16 +60,17 @@ def load_claims(path: str | Path) -> tuple[Path, list[Claim]]:
         raise UserError(f"Claims file '{path}' needs 'store' (a results store) and a list 'claims'.")
     claims = []
     for i, item in enumerate(spec["claims"]):
-        missing, unknown = CLAIM_KEYS - set(item), set(item) - CLAIM_KEYS - OPTIONAL_KEYS
+        keys = ONLINE_KEYS if item.get("metric") == ONLINE_METRIC else CLAIM_KEYS
+        missing, unknown = keys - set(item), set(item) - keys - OPTIONAL_KEYS
         if missing or unknown:
             raise UserError(f"Claim {i + 1} of '{path}': " + (f"missing {', '.join(sorted(missing))}; " if missing else "")
                             + (f"unknown {', '.join(sorted(unknown))}; " if unknown else "")
-                            + f"the keys are {', '.join(sorted(CLAIM_KEYS))}.")
-        if item["metric"] not in VERDICTS:
+                            + f"the keys are {', '.join(sorted(keys))}.")
+        if item["metric"] not in VERDICTS and item["metric"] != ONLINE_METRIC:
             raise UserError(f"Claim '{item['id']}' of '{path}': unknown metric '{item['metric']}'. "
-                            f"Valid: {', '.join(VERDICTS)}.")
+                            f"Valid: {', '.join([*VERDICTS, ONLINE_METRIC])}.")
         grids = item["grid"] if isinstance(item["grid"], list) else [item["grid"]]
-        claims.append(Claim(**{**item, "grid": [str(g) for g in grids], "rivals": list(item["rivals"]),
+        claims.append(Claim(**{"view": "", **item, "grid": [str(g) for g in grids], "rivals": list(item["rivals"]),
                                "seeds": int(item["seeds"])}))
     return Path(spec["store"]), claims
 
@@ -133,9 +139,13 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
           "`pending` (fewer seeds than the claim's budget are in the store yet; partial numbers shown). "
           "`train min / seed` is the time to claim: meta-training wall minutes per seed on the machine that ran "
           "it (1 torch thread; the records say which commit; other jobs may have shared its cores), the "
-          "meta-test not included.", ""]
-    for j in (judge(c, by_family) for c in claims):
-        c = j.claim
+          "meta-test not included. Meta-SRL's claims are judged on its online protocol instead, from the online "
+          "grids' records (`leaderboards/results/online`).", ""]
+    for c in claims:
+        if c.metric == ONLINE_METRIC:
+            md += online_section(c, command)
+            continue
+        j = judge(c, by_family)
         metric = VERDICTS[c.metric]
         md += [f"## {c.paper}: {c.family}", "", f"**Claim.** {c.statement}", "",
                f"**Metric** ({metric.paper}): {metric.rule}. **Verdict: {j.verdict}.**", "",
@@ -163,3 +173,22 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
     path = Path(out)
     atomic_write_text(path, "\n".join(md))
     return path
+
+
+def online_section(c: Claim, command: str) -> list[str]:
+    """A Meta-SRL claim's section: its checks and table from the online grid's records."""
+    from safemeta.online.claims import RULE, judge_online
+
+    j = judge_online(c.grid[0], c.subject, c.rivals, c.similarity or {}, c.seeds)
+    md = [f"## {c.paper}: {c.family}", "", f"**Claim.** {c.statement}", "",
+          f"**Metric** ({c.paper}): {RULE}. **Verdict: {j.verdict}.**", "",
+          f"**Protocol:** Meta-SRL's online protocol (README, \"Meta-SRL's online protocol\"), grid `{c.grid[0]}`: "
+          "each seed one sequence of tasks; after each task the policy CRPO hands out is scored. Values: mean over "
+          f"seeds [95% bootstrap interval]. Time to claim: {j.minutes:.2f} wall minutes per sequence of the subject "
+          "(1 torch thread; other jobs may have shared its cores).", "", *j.table, ""]
+    if j.checks:
+        md += ["| check | compared | holds |", "|---|---|---|",
+               *[f"| {k} | {what} | {'yes' if ok else 'no'} |" for k, what, ok in j.checks], ""]
+    if c.finding:
+        md += [f"**Finding.** {c.finding.strip()}", ""]
+    return md + ["```", f"safemeta online {c.grid[0]}", command, "```", ""]
