@@ -101,7 +101,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -226,13 +226,18 @@ class SafetyGymVecCMDP(VecCMDP):
     def _obs_tensor(self, rows: list[np.ndarray]) -> Tensor:
         return torch.as_tensor(np.stack(rows), dtype=torch.float32).to(self.device)
 
+    def _row(self, env: Any, obs: np.ndarray, fresh: bool) -> np.ndarray:
+        """What env's current observation contributes to the batch (`_obs_tensor` stacks the rows): its own.
+        ``fresh``: the env was just reset."""
+        return obs
+
     def reset(self, seed: int | None = None) -> Tensor:
         if seed is None and not self._started:
             seed = self.seed
         rows = []
         for i, env in enumerate(self.envs):
             obs, _ = env.reset(seed=None if seed is None else env_seed(seed, i))
-            rows.append(obs)
+            rows.append(self._row(env, obs, True))
         self.t[:] = 0
         self._started = True
         return self._obs_tensor(rows)
@@ -251,11 +256,13 @@ class SafetyGymVecCMDP(VecCMDP):
             self.t[i] += 1
             rew[i], cost[i], term[i] = r, c, terminated
             trunc[i] = (not terminated) and self.t[i] >= self.horizon
-            final.append(obs)
+            row = self._row(env, obs, False)
+            final.append(row)
             if term[i] or trunc[i]:
                 obs, _ = env.reset()
                 self.t[i] = 0
-            nxt.append(obs)
+                row = self._row(env, obs, True)
+            nxt.append(row)
         to = lambda x, dt: torch.as_tensor(x, dtype=dt).to(self.device)  # noqa: E731
         return (self._obs_tensor(nxt), to(rew, torch.float32), to(cost, torch.float32), to(term, torch.bool),
                 to(trunc, torch.bool), {"final_obs": self._obs_tensor(final)})
@@ -263,6 +270,43 @@ class SafetyGymVecCMDP(VecCMDP):
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+class PlanarObservations(SafetyGymVecCMDP):
+    """The MuJoCo envs' dynamics, costs and rewards with the built-in twin's observations (the reality gap).
+
+    Each observation is the twin's (`safemeta.envs.planar`: v, omega, cos, sin of the heading, then its
+    lidars) computed from the MuJoCo robot's state: position and heading from the agent body (its x axis is
+    the Point's forward direction); v and omega as the twin defines them, p' = p + dt v (cos, sin)(theta') and
+    theta' = theta + dt omega, i.e. the forward displacement and the heading's change over the last control
+    step (dt = MuJoCo's timestep x frameskip; both 0 right after a reset; MuJoCo's gyro and hinge velocity
+    were found to hold stale values after a reset); the objects from a ``shadow`` twin env built from the same
+    tasks (the circle's centre and walls sit where the MuJoCo task puts them). A policy meta-trained on the
+    twin thus acts in MuJoCo unchanged; what differs is the physics (inertia, contacts, actuator response).
+    """
+
+    def __init__(self, envs: list, shadow: Any, n_tasks: int, envs_per_task: int, horizon: int,
+                 device: str = "cpu", seed: int = 0):
+        super().__init__(envs, n_tasks, envs_per_task, horizon, device, seed)
+        self.shadow, self.obs_dim = shadow, shadow.obs_dim
+        self._pose: dict[int, tuple[np.ndarray, float]] = {}  # env -> (position, heading) at its last row
+
+    def _row(self, env: Any, obs: np.ndarray, fresh: bool) -> np.ndarray:
+        agent = env.task.agent
+        pos, mat = agent.pos[:2].copy(), agent.mat
+        heading = math.atan2(mat[1, 0], mat[0, 0])
+        last_pos, last_heading = (pos, heading) if fresh else self._pose[id(env)]
+        self._pose[id(env)] = (pos, heading)
+        dt = agent.engine.model.opt.timestep * env.task.sim_conf.frameskip_binom_n
+        forward = float(np.dot(pos - last_pos, (math.cos(heading), math.sin(heading)))) / dt
+        turned = math.remainder(heading - last_heading, 2 * math.pi) / dt
+        return np.array([*pos, heading, forward, turned])
+
+    def _obs_tensor(self, rows: list[np.ndarray]) -> Tensor:
+        state = torch.as_tensor(np.stack(rows), dtype=torch.float32).to(self.device)
+        robot = self.shadow.robot
+        robot.pos, robot.heading, robot.motion = state[:, :2].contiguous(), state[:, 2].contiguous(), state[:, 3:5]
+        return self.shadow._observe()
 
 
 # -- shared helpers ---------------------------------------------------------------------------------------
@@ -329,15 +373,25 @@ class _SafetyGymFamily(TaskFamily):
                 i = k * envs_per_task + j
                 envs.append(sg.TaskBuilder(base_cls, lambda obj, p=task.params: self._configure(obj, p), self.agent,
                                            self.horizon, env_seed(seed, i)))
+        if getattr(self.cfg, "observation", "sensors") == "planar":  # the twin's own make builds the shadow
+            shadow = super(_SafetyGymFamily, self).make(tasks, envs_per_task, device, seed)
+            return PlanarObservations(envs, shadow, len(tasks), envs_per_task, self.horizon, device, seed)
         return SafetyGymVecCMDP(envs, len(tasks), envs_per_task, self.horizon, device, seed)
 
 
 # -- the families: each inherits its built-in twin's Config, task sampling and cost limits ------------------
 
+@dataclass
+class SGPointCircleConfig(PointCircleConfig):
+    observation: Literal["sensors", "planar"] = spec(
+        "sensors", doc="sensors: safety-gymnasium's observation; planar: point-circle's, computed from the MuJoCo "
+                       "robot's state (meta-test a policy trained on point-circle here: the reality gap)")
+
+
 @register_env("sg-point-circle", "Safety-Gymnasium Point circle: radius r_c, walls at +-s r_c (MuJoCo)")
 class SGPointCircle(_SafetyGymFamily, PointCircle):
     name = "sg-point-circle"
-    Config = PointCircleConfig
+    Config = SGPointCircleConfig
     agent = "Point"
 
     def _base_name(self) -> str:

@@ -42,7 +42,7 @@ from safemeta.training.trainer import planned_iterations
 
 GRID_KEYS = {"out", "algos", "inners", "envs", "seeds", "set", "algo_set", "views", "metric", "store"}
 VIEW_KEYS = ("tasks", "adapt_steps", "envs_per_task", "episodes_per_env", "episodes", "inner", "multipliers", "critics",
-             "seed")
+             "seed", "twin")
 
 
 @dataclass
@@ -121,7 +121,7 @@ def ensure_views(run_dir: Path, cfg: Config, views: dict[str, dict]) -> int:
     """Meta-test a finished run in every view it lacks (or has for another iteration or spec); returns how many
     reports were written."""
     from safemeta.api import Run
-    from safemeta.evaluation.meta_test import MetaTestSpec, save_view, view_path
+    from safemeta.evaluation.meta_test import MetaTestSpec, same_spec, save_view, view_path
 
     missing = {}
     for name, fields in views.items():
@@ -130,7 +130,7 @@ def ensure_views(run_dir: Path, cfg: Config, views: dict[str, dict]) -> int:
             have = json.loads(view_path(run_dir, name).read_text())
         except (OSError, json.JSONDecodeError):
             have = {}
-        if have.get("iteration") != planned_iterations(cfg) or have.get("spec") != want.__dict__:
+        if have.get("iteration") != planned_iterations(cfg) or not same_spec(have.get("spec"), want):
             missing[name] = fields
     if not missing:
         return 0
@@ -145,13 +145,13 @@ def ensure_views(run_dir: Path, cfg: Config, views: dict[str, dict]) -> int:
 def in_store(store: Path, cfg: Config, views: dict[str, dict]) -> bool:
     """The cell's record is in ``store``, at the final iteration, with every view of the grid at its spec (a
     corrupt record raises a UserError naming it)."""
-    from safemeta.evaluation.meta_test import MetaTestSpec
+    from safemeta.evaluation.meta_test import MetaTestSpec, same_spec
     from safemeta.evaluation.store import find_record
 
     record = find_record(store, cfg)
     if record is None or record["meta_test"].get("iteration") != planned_iterations(cfg):
         return False
-    return all(record["views"].get(name, {}).get("spec") == MetaTestSpec.from_config(cfg.eval, **fields).__dict__
+    return all(same_spec(record["views"].get(name, {}).get("spec"), MetaTestSpec.from_config(cfg.eval, **fields))
                for name, fields in views.items())
 
 

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                    "initialization, or a random one (default: the run's eval.critics)")
     e.add_argument("--episodes", type=int, help="fresh evaluation episodes per task after each step (eval.episodes)")
     e.add_argument("--envs-per-task", type=int, help="envs of each fine-tuning step's batch (eval.envs_per_task)")
+    e.add_argument("--twin", action="store_true", default=None,
+                   help="meta-test on the family's MuJoCo twin with the built-in observations (the reality gap; "
+                        "eval.twin)")
     e.add_argument("--view", metavar="NAME", help="save the report as the run's view NAME (RUN_DIR/views/NAME.json), "
                    "which `safemeta leaderboard` renders as its own table")
 
@@ -147,7 +150,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise UserError(f"--{flag.replace('_', '-')} must be >= {low}, got {getattr(args, flag)}.")
     run = Run.load(args.run_dir)
     report = run.meta_test(args.tasks, args.adapt_steps, args.seed, inner=args.inner, multipliers=args.multipliers,
-                           critics=args.critics, episodes=args.episodes, envs_per_task=args.envs_per_task)
+                           critics=args.critics, episodes=args.episodes, envs_per_task=args.envs_per_task,
+                           twin=args.twin)
     report["iteration"] = run.trainer.iteration
     spec = report["spec"]
     if args.view:
@@ -155,6 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         default_view = (spec["inner"], spec["multipliers"], spec["critics"]) == ("", "inherit", "inherit")
         view = "" if default_view else f"-{spec['inner'] or 'own'}-{spec['multipliers']}-{spec['critics']}"
+        view += "-twin" if spec["twin"] else ""
         out = Path(args.run_dir) / (f"eval-it{run.trainer.iteration}-n{spec['tasks']}-k{spec['adapt_steps']}"
                                     f"-s{spec['seed']}{view}.json")
         atomic_write_text(out, json.dumps(report, indent=1))

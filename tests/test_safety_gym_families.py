@@ -328,3 +328,61 @@ def test_sg_env_wraps_a_stock_id_reuses_its_envs_and_reseeds_them():
     with pytest.raises(UserError, match="Did you mean: SafetyPointGoal1-v0"):
         SGEnv(SGEnv.Config(env_id="SafetyPointGoa1-v0")).make(
             [Task("sg-env", "train", 0, {"env_id": "SafetyPointGoa1-v0"})], 1)
+
+
+@pytest.mark.safety_gym
+def test_planar_observations_follow_the_mujoco_robot():
+    """sg-point-circle with ``observation: planar`` shows point-circle's observation of the MuJoCo robot: driven
+    straight, the heading's (cos, sin) points where the robot moves and the forward speed is its displacement
+    per control step (dt = 0.02 s); the yaw rate is the heading's change per step, positive for a1 > 0 (a left
+    turn, as point-circle's); the circle centre's lidar reads exp(-|p|) in the bin of the origin's bearing,
+    all against MuJoCo's own positions."""
+    from safemeta.envs.planar import LIDAR_BINS, PROPRIO_DIM
+
+    fam = _family(sgf.SGPointCircle, observation="planar")
+    assert _family(sgf.SGPointCircle).make([fam.sample(1, "test", np.random.default_rng(0))[0]], 1).obs_dim == 28
+    venv = fam.make(fam.sample(1, "test", np.random.default_rng(0)), 1, "cpu", 0)
+    assert venv.obs_dim == safemeta.registry.env.get("point-circle")(
+        safemeta.registry.env.get("point-circle").Config()).make(fam.sample(1, "test", np.random.default_rng(0)), 1).obs_dim
+    agent = venv.envs[0].task.agent
+    obs = venv.reset(0)[0]
+    for act in ([1.0, 0.0], [0.3, 1.0]):
+        for _ in range(25):  # past the actuators' transient
+            before, prev = agent.pos[:2].copy(), obs
+            obs = venv.step(torch.tensor([act]))[0][0]
+        moved = agent.pos[:2] - before
+        heading = math.atan2(float(obs[3]), float(obs[2]))
+        if act[1] == 0.0:  # driving straight (turning, the MuJoCo Point slips sideways: its velocity lags the heading)
+            assert abs(float(obs[0]) - np.hypot(*moved) / 0.02) < 0.02 * float(obs[0]) and float(obs[0]) > 0.5
+            assert math.cos(math.atan2(moved[1], moved[0]) - heading) > 0.999  # moving along the heading
+        turned = math.remainder(heading - math.atan2(float(prev[3]), float(prev[2])), 2 * math.pi)
+        assert abs(float(obs[1]) - turned / 0.02) < 0.05 * max(1.0, abs(float(obs[1])))
+    assert float(obs[1]) > 1.0  # the turn was a left (counter-clockwise) one, as point-circle's a1 > 0
+    bearing = math.atan2(-agent.pos[1], -agent.pos[0]) - heading
+    b = int(math.floor(math.remainder(bearing, 2 * math.pi) % (2 * math.pi) / (2 * math.pi / LIDAR_BINS))) % LIDAR_BINS
+    centre = obs[PROPRIO_DIM:PROPRIO_DIM + LIDAR_BINS]
+    assert int(centre.argmax()) == b and abs(float(centre[b]) - math.exp(-np.hypot(*agent.pos[:2]))) < 1e-4
+    with pytest.raises(UserError, match="no Safety-Gymnasium twin .* Families that have one: point-circle"):
+        from safemeta.evaluation.meta_test import twin_family
+
+        twin_family(safemeta.registry.env.get("point-goal")(safemeta.registry.env.get("point-goal").Config()))
+
+
+@pytest.mark.safety_gym
+def test_meta_test_on_the_mujoco_twin_reads_the_same_tasks(make_config):
+    """``eval.twin``: a point-circle run meta-tested on sg-point-circle sees the same held-out tasks at the same
+    test limit, fine-tunes and is scored in MuJoCo, and says so in its protocol; the built-in meta-test differs."""
+    from safemeta.evaluation.meta_test import describe_protocol, evaluate
+    from safemeta.training.trainer import MetaTrainer
+
+    trainer = MetaTrainer(make_config(algo="fomaml_trpo", inner="trpo", env="point-circle",
+                                      trainer={"iters": 1, "tasks_per_iter": 1, "envs_per_task": 1}))
+    trainer.train_iteration()
+    kw = dict(tasks=2, adapt_steps=1, envs_per_task=1, episodes=1)
+    twin, plain = evaluate(trainer, twin=True, **kw), evaluate(trainer, **kw)
+    assert twin["family"] == "sg-point-circle" and plain["family"] == "point-circle"
+    assert twin["tasks"] == plain["tasks"] and twin["cost_limit"] == plain["cost_limit"] == 25.0
+    assert twin["protocol"]["twin"] == "sg-point-circle" and "MuJoCo twin `sg-point-circle`" in describe_protocol(
+        twin["protocol"])
+    assert [s["return_mean"] for s in twin["steps"]] != [s["return_mean"] for s in plain["steps"]]
+    assert all(np.isfinite(s["cost_mean"]) and np.isfinite(s["return_mean"]) for s in twin["steps"])

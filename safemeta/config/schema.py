@@ -100,6 +100,9 @@ class EvalConfig:
         "inherit", doc="inherit: task critics start from the critics' initialization carried by meta-training; "
                        "fresh: from a random init")
     seed: int = spec(1000, ge=0, doc="seed of the held-out task draw")
+    twin: bool = spec(False, doc="meta-test on the family's Safety-Gymnasium twin (MuJoCo) instead, the policy seeing "
+                                 "its built-in observations computed from the MuJoCo state (the reality gap; "
+                                 "point-circle -> sg-point-circle)")
 
 
 @dataclass

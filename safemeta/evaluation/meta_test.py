@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +45,22 @@ class MetaTestSpec:
     inner: str = ""
     multipliers: str = "inherit"
     critics: str = "inherit"
+    twin: bool = False
 
     @classmethod
     def from_config(cls, ev: EvalConfig, **overrides) -> "MetaTestSpec":
         """``ev`` with the given fields replaced (None: keep the config's)."""
         ev = replace(ev, **{k: v for k, v in overrides.items() if v is not None})
         return cls(**{f.name: getattr(ev, f.name) for f in fields(cls)})
+
+
+def same_spec(stored: dict | None, want: MetaTestSpec) -> bool:
+    """Whether a report's stored ``spec`` is ``want``; a key added to the spec since the report was written
+    counts at its default (a new meta-test option does not orphan the views already made)."""
+    if not isinstance(stored, dict):
+        return False
+    defaults = {f.name: f.default for f in fields(MetaTestSpec) if f.default is not MISSING}
+    return {**defaults, **stored} == want.__dict__
 
 
 def fine_tuning_solver(trainer, spec: MetaTestSpec):
@@ -86,8 +96,25 @@ def handed_out(solver, result: AdaptationResult, k: int):
     return solver.output(AdaptationResult(result.params[:k + 1], result.batches[:k + 1], result.state, result.critics))
 
 
+def twin_family(family):
+    """The family's Safety-Gymnasium twin (``sg-<name>``) at the same task ranges, showing the built-in family's
+    observations computed from the MuJoCo state (`safemeta.envs.safety_gym_families.PlanarObservations`)."""
+    name = f"sg-{family.name}"
+    cls = registry.env.get(name) if name in registry.env.names() else None
+    names = {f.name for f in fields(cls.Config)} if cls is not None else set()
+    able = [n[3:] for n in registry.env.names() if n.startswith("sg-")
+            and "observation" in {f.name for f in fields(registry.env.get(n).Config)}]
+    if "observation" not in names:
+        raise UserError(f"eval.twin: family '{family.name}' has no Safety-Gymnasium twin that shows its observations. "
+                        f"Families that have one: {', '.join(able) or '(none)'}.")
+    shared = {f.name: getattr(family.cfg, f.name) for f in fields(family.cfg) if f.name in names}
+    return cls(cls.Config(**shared, observation="planar"))
+
+
 def meta_test(trainer, spec: MetaTestSpec, device: str = "cpu") -> dict:
     family, meta, collector = trainer.family, trainer.meta, trainer.adapter.collector
+    if spec.twin:
+        family = twin_family(family)
     solver, solver_desc = fine_tuning_solver(trainer, spec)
     rng = np.random.default_rng(spec.seed)
     tasks = family.sample(spec.tasks, "test", rng)
@@ -120,7 +147,7 @@ def meta_test(trainer, spec: MetaTestSpec, device: str = "cpu") -> dict:
     protocol = {"solver": solver_desc, "adapt_steps": spec.adapt_steps, "tasks": n, "cost_limit": limit,
                 "eval_episodes": spec.episodes, "adapt_batch": {"envs_per_task": spec.envs_per_task,
                                                                 "episodes_per_env": spec.episodes_per_env},
-                "multipliers": spec.multipliers, "critics": spec.critics,
+                "multipliers": spec.multipliers, "critics": spec.critics, "twin": family.name if spec.twin else "",
                 "inherited": {k: float(torch.as_tensor(v).float().mean()) for k, v in inherited.items()},
                 "scored_on": "fresh episodes"}
     return {"family": family.name, "split": "test", "cost_limit": limit, "spec": asdict(spec), "protocol": protocol,
@@ -153,7 +180,9 @@ def describe_protocol(protocol: dict | None) -> str:
             "Meta-SRL's step size)" if protocol["multipliers"] == "inherit" else "at the solver's defaults for every row")
     critics = ("start from the critics' initialization carried by meta-training" if protocol["critics"] == "inherit"
                else "start from a random init")
-    return (f"Meta-test: {protocol['tasks']} held-out tasks (split `test`) at the test cost limit d = "
+    twin = (f" on the MuJoCo twin `{protocol['twin']}` (the policy sees the built-in family's observations computed "
+            "from the MuJoCo state: the reality gap)" if protocol.get("twin") else "")
+    return (f"Meta-test{twin}: {protocol['tasks']} held-out tasks (split `test`) at the test cost limit d = "
             f"{protocol['cost_limit']:g}; K = {protocol['adapt_steps']} fine-tuning steps by {who}, each step on "
             f"{batch['envs_per_task']} envs x {batch['episodes_per_env']} episode(s) per task; after each step the policy "
             f"the solver hands out is scored on {protocol['eval_episodes']} fresh episodes per task that it did not "
