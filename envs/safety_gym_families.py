@@ -276,25 +276,32 @@ class PlanarObservations(SafetyGymVecCMDP):
     """The MuJoCo envs' dynamics, costs and rewards with the built-in twin's observations (the reality gap).
 
     Each observation is the twin's (`safemeta.envs.planar`: v, omega, cos, sin of the heading, then its
-    lidars) computed from the MuJoCo robot's state: position and heading from the agent body (its x axis is
-    the Point's forward direction); v and omega as the twin defines them, p' = p + dt v (cos, sin)(theta') and
+    lidars) computed from the MuJoCo robot's state: position and heading from the agent body (the Point's
+    forward direction is its x axis; the Car's is its -y axis, where its front bumper is); v and omega as the twin defines them, p' = p + dt v (cos, sin)(theta') and
     theta' = theta + dt omega, i.e. the forward displacement and the heading's change over the last control
     step (dt = MuJoCo's timestep x frameskip; both 0 right after a reset; MuJoCo's gyro and hinge velocity
     were found to hold stale values after a reset); the objects from a ``shadow`` twin env built from the same
     tasks (the circle's centre and walls sit where the MuJoCo task puts them). A policy meta-trained on the
     twin thus acts in MuJoCo unchanged; what differs is the physics (inertia, contacts, actuator response).
+    Actions mean what they mean in the twin: the Car's MuJoCo motors are (``left``, ``right``) joints whose
+    wheels sit on its right and left side when it faces forward, so the twin's (left, right) wheel actions are
+    passed to them swapped.
     """
 
     def __init__(self, envs: list, shadow: Any, n_tasks: int, envs_per_task: int, horizon: int,
-                 device: str = "cpu", seed: int = 0):
+                 device: str = "cpu", seed: int = 0, robot: str = "point"):
         super().__init__(envs, n_tasks, envs_per_task, horizon, device, seed)
-        self.shadow, self.obs_dim = shadow, shadow.obs_dim
+        self.shadow, self.obs_dim, self.robot = shadow, shadow.obs_dim, robot
         self._pose: dict[int, tuple[np.ndarray, float]] = {}  # env -> (position, heading) at its last row
+
+    def step(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict]:
+        return super().step(act.flip(-1) if self.robot == "car" else act)
 
     def _row(self, env: Any, obs: np.ndarray, fresh: bool) -> np.ndarray:
         agent = env.task.agent
         pos, mat = agent.pos[:2].copy(), agent.mat
-        heading = math.atan2(mat[1, 0], mat[0, 0])
+        heading = (math.atan2(mat[1, 0], mat[0, 0]) if self.robot == "point"
+                   else math.atan2(-mat[1, 1], -mat[0, 1]))  # the Car faces its body's -y axis
         last_pos, last_heading = (pos, heading) if fresh else self._pose[id(env)]
         self._pose[id(env)] = (pos, heading)
         dt = agent.engine.model.opt.timestep * env.task.sim_conf.frameskip_binom_n
@@ -375,7 +382,8 @@ class _SafetyGymFamily(TaskFamily):
                                            self.horizon, env_seed(seed, i)))
         if getattr(self.cfg, "observation", "sensors") == "planar":  # the twin's own make builds the shadow
             shadow = super(_SafetyGymFamily, self).make(tasks, envs_per_task, device, seed)
-            return PlanarObservations(envs, shadow, len(tasks), envs_per_task, self.horizon, device, seed)
+            return PlanarObservations(envs, shadow, len(tasks), envs_per_task, self.horizon, device, seed,
+                                      self.agent.lower())
         return SafetyGymVecCMDP(envs, len(tasks), envs_per_task, self.horizon, device, seed)
 
 
@@ -404,6 +412,9 @@ class SGPointCircle(_SafetyGymFamily, PointCircle):
 @dataclass
 class SGCarCircleHazardConfig(CarCircleHazardConfig):
     hazard_radius: float = spec(0.2, gt=0, lt=0.3, doc="hazard radius (safety-gymnasium's hazard size 0.2)")
+    observation: Literal["sensors", "planar"] = spec(
+        "sensors", doc="sensors: safety-gymnasium's observation; planar: car-circle-hazard's, computed from the "
+                       "MuJoCo robot's state, with its wheel actions (the reality gap)")
 
 
 @register_env("sg-car-circle-hazard", "Safety-Gymnasium Car circle between walls among n_h hazards (MuJoCo)")

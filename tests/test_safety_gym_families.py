@@ -331,38 +331,43 @@ def test_sg_env_wraps_a_stock_id_reuses_its_envs_and_reseeds_them():
 
 
 @pytest.mark.safety_gym
-def test_planar_observations_follow_the_mujoco_robot():
-    """sg-point-circle with ``observation: planar`` shows point-circle's observation of the MuJoCo robot: driven
-    straight, the heading's (cos, sin) points where the robot moves and the forward speed is its displacement
-    per control step (dt = 0.02 s); the yaw rate is the heading's change per step, positive for a1 > 0 (a left
-    turn, as point-circle's); the circle centre's lidar reads exp(-|p|) in the bin of the origin's bearing,
-    all against MuJoCo's own positions."""
+@pytest.mark.parametrize("cls,straight,left", [(sgf.SGPointCircle, [1.0, 0.0], [0.3, 1.0]),
+                                               (sgf.SGCarCircleHazard, [1.0, 1.0], [-1.0, 1.0])])
+def test_planar_observations_follow_the_mujoco_robot(cls, straight, left):
+    """sg-point-circle / sg-car-circle-hazard with ``observation: planar`` show their twin's observation of the
+    MuJoCo robot: driven straight (the twin's forward action), the heading's (cos, sin) points where the robot
+    moves and the forward speed is its displacement per control step dt; the yaw rate is the
+    heading's change per step, positive for the twin's left-turn action (point: a1 > 0; car: right wheel
+    forward, left back); the circle centre's lidar reads exp(-|p|) in the bin of the origin's bearing, all
+    against MuJoCo's own positions."""
     from safemeta.envs.planar import LIDAR_BINS, PROPRIO_DIM
 
-    fam = _family(sgf.SGPointCircle, observation="planar")
-    assert _family(sgf.SGPointCircle).make([fam.sample(1, "test", np.random.default_rng(0))[0]], 1).obs_dim == 28
-    venv = fam.make(fam.sample(1, "test", np.random.default_rng(0)), 1, "cpu", 0)
-    assert venv.obs_dim == safemeta.registry.env.get("point-circle")(
-        safemeta.registry.env.get("point-circle").Config()).make(fam.sample(1, "test", np.random.default_rng(0)), 1).obs_dim
+    fam = _family(cls, observation="planar")
+    tasks = fam.sample(1, "test", np.random.default_rng(0))
+    assert _family(cls).make(tasks, 1).obs_dim == FAMILIES[cls.name][1]  # MuJoCo's sensors by default
+    venv = fam.make(tasks, 1, "cpu", 0)
+    twin = safemeta.registry.env.get(cls.name[3:])
+    assert venv.obs_dim == twin(twin.Config()).make(tasks, 1).obs_dim
     agent = venv.envs[0].task.agent
     obs = venv.reset(0)[0]
-    for act in ([1.0, 0.0], [0.3, 1.0]):
+    dt = agent.engine.model.opt.timestep * venv.envs[0].task.sim_conf.frameskip_binom_n  # point 0.02 s, car 0.04 s
+    for act in (straight, left):
         for _ in range(25):  # past the actuators' transient
             before, prev = agent.pos[:2].copy(), obs
             obs = venv.step(torch.tensor([act]))[0][0]
         moved = agent.pos[:2] - before
         heading = math.atan2(float(obs[3]), float(obs[2]))
-        if act[1] == 0.0:  # driving straight (turning, the MuJoCo Point slips sideways: its velocity lags the heading)
-            assert abs(float(obs[0]) - np.hypot(*moved) / 0.02) < 0.02 * float(obs[0]) and float(obs[0]) > 0.5
+        if act is straight:  # (turning, the MuJoCo robots slip sideways: their velocity lags the heading)
+            assert abs(float(obs[0]) - np.hypot(*moved) / dt) < 0.02 * float(obs[0]) and float(obs[0]) > 0.2
             assert math.cos(math.atan2(moved[1], moved[0]) - heading) > 0.999  # moving along the heading
         turned = math.remainder(heading - math.atan2(float(prev[3]), float(prev[2])), 2 * math.pi)
-        assert abs(float(obs[1]) - turned / 0.02) < 0.05 * max(1.0, abs(float(obs[1])))
-    assert float(obs[1]) > 1.0  # the turn was a left (counter-clockwise) one, as point-circle's a1 > 0
+        assert abs(float(obs[1]) - turned / dt) < 0.05 * max(1.0, abs(float(obs[1])))
+    assert float(obs[1]) > 0.5  # the turn was a left (counter-clockwise) one, as the twin's action says
     bearing = math.atan2(-agent.pos[1], -agent.pos[0]) - heading
     b = int(math.floor(math.remainder(bearing, 2 * math.pi) % (2 * math.pi) / (2 * math.pi / LIDAR_BINS))) % LIDAR_BINS
     centre = obs[PROPRIO_DIM:PROPRIO_DIM + LIDAR_BINS]
     assert int(centre.argmax()) == b and abs(float(centre[b]) - math.exp(-np.hypot(*agent.pos[:2]))) < 1e-4
-    with pytest.raises(UserError, match="no Safety-Gymnasium twin .* Families that have one: point-circle"):
+    with pytest.raises(UserError, match="no Safety-Gymnasium twin .* Families that have one: car-circle-hazard, point-circle"):
         from safemeta.evaluation.meta_test import twin_family
 
         twin_family(safemeta.registry.env.get("point-goal")(safemeta.registry.env.get("point-goal").Config()))
