@@ -283,6 +283,7 @@ class PlanarObservations(SafetyGymVecCMDP):
     were found to hold stale values after a reset); the objects from a ``shadow`` twin env built from the same
     tasks (the circle's centre and walls sit where the MuJoCo task puts them). A policy meta-trained on the
     twin thus acts in MuJoCo unchanged; what differs is the physics (inertia, contacts, actuator response).
+    Rewards are in the twin's units (safety-gymnasium's circle reward carries a factor 0.1, divided out here).
     Actions mean what they mean in the twin: the Car's MuJoCo motors are (``left``, ``right``) joints whose
     wheels sit on its right and left side when it faces forward, so the twin's (left, right) wheel actions are
     passed to them swapped.
@@ -295,7 +296,14 @@ class PlanarObservations(SafetyGymVecCMDP):
         self._pose: dict[int, tuple[np.ndarray, float]] = {}  # env -> (position, heading) at its last row
 
     def step(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict]:
-        return super().step(act.flip(-1) if self.robot == "car" else act)
+        obs, rew, cost, term, trunc, info = super().step(act.flip(-1) if self.robot == "car" else act)
+        return obs, rew / self._reward_factor, cost, term, trunc, info
+
+    @property
+    def _reward_factor(self) -> float:
+        """safety-gymnasium's circle reward is the twin's formula times ``reward_factor`` (0.1): divided out, so
+        that returns are in the twin's units and the two meta-tests compare."""
+        return float(getattr(self.envs[0].task, "reward_factor", 1.0))
 
     def _row(self, env: Any, obs: np.ndarray, fresh: bool) -> np.ndarray:
         agent = env.task.agent

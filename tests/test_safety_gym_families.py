@@ -339,7 +339,7 @@ def test_planar_observations_follow_the_mujoco_robot(cls, straight, left):
     moves and the forward speed is its displacement per control step dt; the yaw rate is the
     heading's change per step, positive for the twin's left-turn action (point: a1 > 0; car: right wheel
     forward, left back); the circle centre's lidar reads exp(-|p|) in the bin of the origin's bearing, all
-    against MuJoCo's own positions."""
+    against MuJoCo's own positions; rewards are in the twin's units, costs MuJoCo's."""
     from safemeta.envs.planar import LIDAR_BINS, PROPRIO_DIM
 
     fam = _family(cls, observation="planar")
@@ -367,6 +367,15 @@ def test_planar_observations_follow_the_mujoco_robot(cls, straight, left):
     b = int(math.floor(math.remainder(bearing, 2 * math.pi) % (2 * math.pi) / (2 * math.pi / LIDAR_BINS))) % LIDAR_BINS
     centre = obs[PROPRIO_DIM:PROPRIO_DIM + LIDAR_BINS]
     assert int(centre.argmax()) == b and abs(float(centre[b]) - math.exp(-np.hypot(*agent.pos[:2]))) < 1e-4
+    # the same episode in MuJoCo's own mode (its motors given the twin's actions in its order): rewards 10x (the
+    # circle task's reward_factor 0.1 divided out), costs equal
+    plain, twin_env = _family(cls).make(tasks, 1, "cpu", 0), fam.make(tasks, 1, "cpu", 0)
+    plain.reset(0), twin_env.reset(0)
+    for t in range(40):
+        act = torch.tensor([straight if t < 20 else left])
+        _, r_twin, c_twin, *_ = twin_env.step(act)
+        _, r_plain, c_plain, *_ = plain.step(act.flip(-1) if cls is sgf.SGCarCircleHazard else act)
+        assert torch.allclose(r_twin, 10 * r_plain, rtol=1e-5, atol=1e-7) and torch.equal(c_twin, c_plain)
     with pytest.raises(UserError, match="no Safety-Gymnasium twin .* Families that have one: car-circle-hazard, point-circle"):
         from safemeta.evaluation.meta_test import twin_family
 
