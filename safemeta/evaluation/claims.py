@@ -34,6 +34,7 @@ OPTIONAL_KEYS = {"picture", "picture_command", "finding"}
 # the grid's high- and low-similarity settings
 ONLINE_METRIC = "taog_tacv"
 ONLINE_KEYS = CLAIM_KEYS - {"view"} | {"similarity"}
+ONLINE_OPTIONAL = {"also"}  # learners shown as a trace below the judged rows
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Claim:
     picture_command: str = ""
     finding: str = ""
     similarity: dict | None = None  # online claims: {high: setting, low: setting}
+    also: list[str] | None = None  # online claims: learners shown as a trace, not judged
 
 
 def load_claims(path: str | Path) -> tuple[Path, list[Claim]]:
@@ -61,7 +63,8 @@ def load_claims(path: str | Path) -> tuple[Path, list[Claim]]:
     claims = []
     for i, item in enumerate(spec["claims"]):
         keys = ONLINE_KEYS if item.get("metric") == ONLINE_METRIC else CLAIM_KEYS
-        missing, unknown = keys - set(item), set(item) - keys - OPTIONAL_KEYS
+        optional = OPTIONAL_KEYS | (ONLINE_OPTIONAL if keys is ONLINE_KEYS else set())
+        missing, unknown = keys - set(item), set(item) - keys - optional
         if missing or unknown:
             raise UserError(f"Claim {i + 1} of '{path}': " + (f"missing {', '.join(sorted(missing))}; " if missing else "")
                             + (f"unknown {', '.join(sorted(unknown))}; " if unknown else "")
@@ -179,7 +182,7 @@ def online_section(c: Claim, command: str) -> list[str]:
     """A Meta-SRL claim's section: its checks and table from the online grid's records."""
     from safemeta.online.claims import RULE, judge_online
 
-    j = judge_online(c.grid[0], c.subject, c.rivals, c.similarity or {}, c.seeds)
+    j = judge_online(c.grid[0], c.subject, c.rivals, c.similarity or {}, c.seeds, c.also or [])
     md = [f"## {c.paper}: {c.family}", "", f"**Claim.** {c.statement}", "",
           f"**Metric** ({c.paper}): {RULE}. **Verdict: {j.verdict}.**", "",
           f"**Protocol:** Meta-SRL's online protocol (README, \"Meta-SRL's online protocol\"), grid `{c.grid[0]}`: "

@@ -65,9 +65,12 @@ def _wall_minutes(grid: OnlineGrid, setting: str, label: str) -> list[float]:
     return out
 
 
-def judge_online(grid_file: str, subject: str, rivals: list[str], similarity: dict, seeds: int) -> OnlineJudged:
+def judge_online(grid_file: str, subject: str, rivals: list[str], similarity: dict, seeds: int,
+                 also: list[str] = ()) -> OnlineJudged:
+    """The checks and table of an online claim; ``also``: learners shown below the judged rows (a trace, e.g. an
+    ablation of the subject), not judged."""
     grid = load_online_grid(grid_file)
-    missing = [x for x in [subject, *rivals] if x not in grid.learners]
+    missing = [x for x in [subject, *rivals, *also] if x not in grid.learners]
     bad = [s for s in similarity.values() if s not in grid.settings]
     if missing or bad or set(similarity) != {"high", "low"}:
         raise UserError(f"Online claim on '{grid_file}': learners {missing or 'ok'}, settings {bad or 'ok'} "
@@ -76,9 +79,10 @@ def judge_online(grid_file: str, subject: str, rivals: list[str], similarity: di
     table, checks, at_t, n_seeds = [], [], {}, []
     for setting in grid.settings:
         rows = []
-        for label in [subject, *rivals]:
+        for label in [subject, *rivals, *also]:
             taog, tacv = _curves(grid, setting, label, "taog"), _curves(grid, setting, label, "tacv")
-            n_seeds.append(len(taog))
+            if label not in also:
+                n_seeds.append(len(taog))
             if not len(taog):
                 rows.append(f"| {setting} | {label} | 0 | (not in the store yet) | | | |")
                 continue
@@ -86,7 +90,8 @@ def judge_online(grid_file: str, subject: str, rivals: list[str], similarity: di
             q = max(t // 4, 1)
             at_t[setting, label] = (_at(taog, t), _at(tacv, t), _at(taog, q), _at(tacv, q), t, q)
             a, c, aq, cq = at_t[setting, label][:4]
-            rows.append(f"| {setting} | {label}{' (subject)' if label == subject else ''} | {len(taog)} | "
+            tag = " (subject)" if label == subject else " (trace, not judged)" if label in also else ""
+            rows.append(f"| {setting} | {label}{tag} | {len(taog)} | "
                         f"{a.fmt(2)} | {c.fmt(3)} | {aq.value:.2f} | {cq.value:.3f} |")
         table += rows
     complete = all((s, x) in at_t for s in grid.settings for x in [subject, *rivals])
