@@ -252,3 +252,22 @@ def test_meta_srls_claim_is_judged_from_the_online_records(tmp_path):
     assert "| similarity | TAOG_8 3.75 (high) vs 3.00 (low)" in text
     next((tmp_path / "store" / "g" / "lo").glob("fal-s1-*")).unlink()
     assert "**Verdict: pending (1 of 2 seeds in the store).**" in write_claims(claims, tmp_path / "c.md", "x").read_text()
+
+
+def test_the_repositorys_claims_file_and_its_grids_load():
+    """leaderboards/claims.yaml names valid metrics, and every grid it reads loads (a bench grid, or an online grid
+    whose learners include the claim's subject, rivals and trace rows)."""
+    from safemeta.bench import load_views
+    from safemeta.evaluation.claims import ONLINE_METRIC, load_claims
+    from safemeta.online.protocol import load_online_grid
+
+    store, claims = load_claims(REPO / "leaderboards" / "claims.yaml")
+    assert claims and Path(REPO / store).is_dir()
+    for c in claims:
+        for g in c.grid:
+            if c.metric == ONLINE_METRIC:
+                learners = load_online_grid(REPO / g).learners
+                assert {c.subject, *c.rivals, *(c.also or [])} <= set(learners), c.id
+            else:
+                views = load_views(REPO / g)
+                assert c.view == "method" or c.view in views, (c.id, c.view)
