@@ -150,7 +150,8 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
             continue
         j = judge(c, by_family)
         metric = VERDICTS[c.metric]
-        md += [f"## {c.paper}: {c.family}", "", f"**Claim.** {c.statement}", "",
+        view = f" ({c.view} view)" if c.view != "method" else ""
+        md += [f"## {c.paper}: {c.family}{view}", "", f"**Claim.** {c.statement}", "",
                f"**Metric** ({metric.paper}): {metric.rule}. **Verdict: {j.verdict}.**", "",
                f"**Protocol** (view `{c.view}`): {describe_protocol(j.protocol) if j.protocol else '(no runs yet)'}", "",
                "| method | seeds | metric (d = " + f"{j.limit:g}" + ") | return@K | meets d | train min / seed |",
