@@ -23,7 +23,7 @@ from safemeta.config.loader import load_config, run_plugins, save_config, to_dic
 from safemeta.config.schema import Config
 from safemeta.errors import UserError
 from safemeta.evaluation.meta_test import evaluate, summary_metrics
-from safemeta.training.run_dir import check_free_space, check_writable, git_commit, new_run_dir, run_info  # noqa: F401
+from safemeta.training.run_dir import check_free_space, check_writable, new_run_dir, run_info
 from safemeta.rollout.task import Task
 from safemeta.training.tracking import MetricsLog, atomic_write_text, console  # noqa: F401 (console: API)
 from safemeta.training.trainer import MetaTrainer, planned_iterations

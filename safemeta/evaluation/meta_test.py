@@ -102,9 +102,9 @@ def twin_family(family):
     name = f"sg-{family.name}"
     cls = registry.env.get(name) if name in registry.env.names() else None
     names = {f.name for f in fields(cls.Config)} if cls is not None else set()
-    able = [n[3:] for n in registry.env.names() if n.startswith("sg-")
-            and "observation" in {f.name for f in fields(registry.env.get(n).Config)}]
     if "observation" not in names:
+        able = [n[3:] for n in registry.env.names() if n.startswith("sg-")
+                and "observation" in {f.name for f in fields(registry.env.get(n).Config)}]
         raise UserError(f"eval.twin: family '{family.name}' has no Safety-Gymnasium twin that shows its observations. "
                         f"Families that have one: {', '.join(able) or '(none)'}.")
     shared = {f.name: getattr(family.cfg, f.name) for f in fields(family.cfg) if f.name in names}

@@ -22,15 +22,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from safemeta.online.protocol import OnlineGrid, grid_cell_rows  # noqa: E402
+from safemeta.online.records import stack_rows  # noqa: E402
 from safemeta.evaluation.stats import bootstrap  # noqa: E402
 from safemeta.training.tracking import atomic_write_text  # noqa: E402
 
 
 def _curves(grid: OnlineGrid, setting: str, learner: str, key: str) -> np.ndarray:
     """``[seeds, T]`` of a per-task column."""
-    runs = [grid_cell_rows(grid, setting, learner, s) for s in grid.seeds]
-    n = min(len(r) for r in runs)
-    return np.array([[row[key] for row in r[:n]] for r in runs])
+    return stack_rows([grid_cell_rows(grid, setting, learner, s) for s in grid.seeds], key)
 
 
 def _fixed_alpha(alpha: np.ndarray) -> float | None:

@@ -23,7 +23,7 @@ import numpy as np
 from safemeta.errors import UserError
 from safemeta.evaluation.stats import Estimate, bootstrap
 from safemeta.online.protocol import OnlineGrid, _cell, load_online_grid
-from safemeta.online.records import find_cell
+from safemeta.online.records import find_cell, stack_rows
 
 RULE = ("TAOG_T and TACV_T (the running means of the handed-out policies' optimality gap and constraint "
         "violation over a sequence of T tasks) fall with T and with task similarity and sit below every "
@@ -39,30 +39,14 @@ class OnlineJudged:
     minutes: float  # mean wall minutes per cell of the subject
 
 
-def _curves(grid: OnlineGrid, setting: str, label: str, key: str) -> np.ndarray:
-    """``[seeds in the store, T]`` of a per-task column (seeds without a record left out)."""
-    runs = [find_cell(grid.store, grid.name, setting, label, _cell(grid, setting, label, s)) for s in grid.seeds]
-    runs = [r for r in runs if r]
-    if not runs:
-        return np.zeros((0, 0))
-    n = min(len(r) for r in runs)
-    return np.array([[row[key] for row in r[:n]] for r in runs])
+def _records(grid: OnlineGrid, setting: str, label: str) -> list[dict]:
+    """The store's records of a learner's cells in a setting (seeds without a record left out)."""
+    found = (find_cell(grid.store, grid.name, setting, label, _cell(grid, setting, label, s)) for s in grid.seeds)
+    return [r for r in found if r is not None]
 
 
 def _at(curve: np.ndarray, t: int) -> Estimate:
     return bootstrap([curve[i, t - 1:t] for i in range(len(curve))])
-
-
-def _wall_minutes(grid: OnlineGrid, setting: str, label: str) -> list[float]:
-    from safemeta.evaluation.store import read_record
-    from safemeta.online.records import cell_record_path
-
-    out = []
-    for s in grid.seeds:
-        path = cell_record_path(grid.store, grid.name, setting, label, _cell(grid, setting, label, s))
-        if path.exists():
-            out.append(read_record(path)["run"].get("wall_time", 0.0) / 60)
-    return out
 
 
 def judge_online(grid_file: str, subject: str, rivals: list[str], similarity: dict, seeds: int,
@@ -76,11 +60,15 @@ def judge_online(grid_file: str, subject: str, rivals: list[str], similarity: di
         raise UserError(f"Online claim on '{grid_file}': learners {missing or 'ok'}, settings {bad or 'ok'} "
                         f"(similarity needs keys high and low naming settings of {', '.join(grid.settings)}; "
                         f"learners of the grid: {', '.join(grid.learners)}).")
-    table, checks, at_t, n_seeds = [], [], {}, []
+    table, checks, at_t, n_seeds, minutes = [], [], {}, [], []
     for setting in grid.settings:
         rows = []
         for label in [subject, *rivals, *also]:
-            taog, tacv = _curves(grid, setting, label, "taog"), _curves(grid, setting, label, "tacv")
+            records = _records(grid, setting, label)
+            if label == subject:
+                minutes += [r["run"].get("wall_time", 0.0) / 60 for r in records]
+            runs = [r["rows"] for r in records]
+            taog, tacv = stack_rows(runs, "taog"), stack_rows(runs, "tacv")
             if label not in also:
                 n_seeds.append(len(taog))
             if not len(taog):
@@ -118,5 +106,4 @@ def judge_online(grid_file: str, subject: str, rivals: list[str], similarity: di
         kinds = {k: all(h for kk, _, h in checks if kk == k) for k in ("tasks", "similarity", "baselines")}
         verdict = ("reproduced" if all(kinds.values()) else "partly" if any(kinds.values()) else "not reproduced")
         verdict += "" if all(kinds.values()) else f" (holds: {', '.join(k for k, v in kinds.items() if v) or 'none'})"
-    minutes = [m for s in grid.settings for m in _wall_minutes(grid, s, subject)]
     return OnlineJudged(head + table, checks, verdict, have, float(np.mean(minutes)) if minutes else 0.0)

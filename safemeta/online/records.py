@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
+
 from safemeta.errors import UserError
 from safemeta.evaluation.store import FORMAT, SUFFIX, canonical, read_record, seal, write_atomic
 
@@ -34,8 +36,9 @@ def write_cell(store: Path, grid: str, setting: str, label: str, data: dict, row
     return write_atomic(cell_record_path(store, grid, setting, label, data), seal(body))
 
 
-def find_cell(store: Path, grid: str, setting: str, label: str, data: dict) -> list[dict] | None:
-    """The per-task rows of the cell whose config is ``data``, verified, or None when the store has none."""
+def find_cell(store: Path, grid: str, setting: str, label: str, data: dict) -> dict | None:
+    """The verified record of the cell whose config is ``data`` (its ``rows``, its ``run``), or None when the store
+    has none."""
     path = cell_record_path(store, grid, setting, label, data)
     if not path.exists():
         return None
@@ -43,14 +46,22 @@ def find_cell(store: Path, grid: str, setting: str, label: str, data: dict) -> l
     if record.get("kind") != "online" or record.get("cell") != data:
         raise UserError(f"Results record '{path}' does not hold the cell its name says (another config under the "
                         "same key); delete it and re-run its grid cell.")
-    return record["rows"]
+    return record
 
 
 def cell_rows(store: Path, grid: str, setting: str, label: str, data: dict) -> list[dict]:
     """The rows of a cell the board needs; a UserError naming the missing record and the command otherwise."""
-    rows = find_cell(store, grid, setting, label, data)
-    if rows is None:
+    record = find_cell(store, grid, setting, label, data)
+    if record is None:
         raise UserError(f"The results store has no record of cell [{setting}, {label}, seed {data['seed']}] of grid "
                         f"'{grid}' ({cell_record_path(store, grid, setting, label, data)}); run "
                         "`safemeta online GRID` to run it.")
-    return rows
+    return record["rows"]
+
+
+def stack_rows(runs: list[list[dict]], key: str) -> np.ndarray:
+    """``[len(runs), T]`` of a per-task column over runs (each a cell's rows), T the shortest run's length."""
+    if not runs:
+        return np.zeros((0, 0))
+    n = min(len(r) for r in runs)
+    return np.array([[row[key] for row in r[:n]] for r in runs])
