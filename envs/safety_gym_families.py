@@ -71,6 +71,11 @@ Per family (base class in ``safety_gymnasium/tasks/safe_navigation/``):
     within +-70 degrees of the start heading. Train seeds come from [0, 10^6), test from
     [10^6, 2*10^6). ``mechanism_conf.continue_goal = False``: reaching the goal ends the episode
     (terminated) instead of drawing a new goal, which would leave the task's layout.
+  * ``observation: planar`` (the twin of ``point-goal``, for ``eval.twin``) pins point-goal's own layout
+    instead (its start, heading, goal, hazards and obstacles, drawn from layout_seed by
+    ``PointGoal.layout``; keepouts zeroed, as every object is placed by hand) with point-goal's goal and
+    hazard radii. The obstacles stay MuJoCo vases: free bodies the robot can push (point-goal's pillars
+    are fixed), seen by the twin's lidar where MuJoCo has them at each step.
 
 Reset speed: ``World.build`` adds a skybox texture (six 3-5 MB PNGs) to the MJCF, and decoding it
 took ~0.6 s of every reset here (the XML is recompiled at each reset, as the layout changes).
@@ -290,9 +295,10 @@ class PlanarObservations(SafetyGymVecCMDP):
     """
 
     def __init__(self, envs: list, shadow: Any, n_tasks: int, envs_per_task: int, horizon: int,
-                 device: str = "cpu", seed: int = 0, robot: str = "point"):
+                 device: str = "cpu", seed: int = 0, robot: str = "point", moving: tuple[str, int] | None = None):
         super().__init__(envs, n_tasks, envs_per_task, horizon, device, seed)
         self.shadow, self.obs_dim, self.robot = shadow, shadow.obs_dim, robot
+        self.moving = moving  # (safety-gymnasium object, the shadow's object group) whose bodies MuJoCo moves
         self._pose: dict[int, tuple[np.ndarray, float]] = {}  # env -> (position, heading) at its last row
 
     def step(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict]:
@@ -315,12 +321,21 @@ class PlanarObservations(SafetyGymVecCMDP):
         dt = agent.engine.model.opt.timestep * env.task.sim_conf.frameskip_binom_n
         forward = float(np.dot(pos - last_pos, (math.cos(heading), math.sin(heading)))) / dt
         turned = math.remainder(heading - last_heading, 2 * math.pi) / dt
-        return np.array([*pos, heading, forward, turned])
+        moved = [] if self.moving is None else [p[:2] for p in getattr(env.task, self.moving[0]).pos]
+        return np.concatenate([[*pos, heading, forward, turned], *moved])
 
     def _obs_tensor(self, rows: list[np.ndarray]) -> Tensor:
         state = torch.as_tensor(np.stack(rows), dtype=torch.float32).to(self.device)
         robot = self.shadow.robot
         robot.pos, robot.heading, robot.motion = state[:, :2].contiguous(), state[:, 2].contiguous(), state[:, 3:5]
+        if self.moving is not None:  # pushed objects (point-goal's vases) are seen where MuJoCo has them now
+            objects = self.shadow.objects
+            group = objects.slices[self.moving[1]]
+            xy = state[:, 5:].reshape(len(rows), -1, 2)
+            if xy.shape[1] != group.stop - group.start:
+                raise ValueError(f"{xy.shape[1]} MuJoCo {self.moving[0]} against {group.stop - group.start} in the twin")
+            objects.x[:, group], objects.y[:, group] = xy[..., 0], xy[..., 1]
+            objects._scanned = (None,)
         return self.shadow._observe()
 
 
@@ -379,6 +394,11 @@ class _SafetyGymFamily(TaskFamily):
     def _configure(self, task: Any, params: dict) -> None:
         raise NotImplementedError
 
+    def _moving_objects(self) -> tuple[str, int] | None:
+        """With ``observation: planar``: the safety-gymnasium objects that MuJoCo moves (free bodies) and the
+        twin's object group that shows them; None where every object stays put."""
+        return None
+
     def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> SafetyGymVecCMDP:
         sg = _sg()
         base_cls = getattr(sg.tasks, self._base_name())
@@ -391,7 +411,7 @@ class _SafetyGymFamily(TaskFamily):
         if getattr(self.cfg, "observation", "sensors") == "planar":  # the twin's own make builds the shadow
             shadow = super(_SafetyGymFamily, self).make(tasks, envs_per_task, device, seed)
             return PlanarObservations(envs, shadow, len(tasks), envs_per_task, self.horizon, device, seed,
-                                      self.agent.lower())
+                                      self.agent.lower(), self._moving_objects())
         return SafetyGymVecCMDP(envs, len(tasks), envs_per_task, self.horizon, device, seed)
 
 
@@ -468,10 +488,18 @@ class SGPointButton(_SafetyGymFamily, PointButton):
         _pin_layout(task, params["layout_seed"], ("buttons", "hazards"))
 
 
+@dataclass
+class SGPointGoalConfig(PointGoalConfig):
+    observation: Literal["sensors", "planar"] = spec(
+        "sensors", doc="sensors: safety-gymnasium's observation, on layouts from its own sampler; planar: "
+                       "point-goal's, computed from the MuJoCo robot's state, on point-goal's own layouts (the "
+                       "reality gap)")
+
+
 @register_env("sg-point-goal", "Safety-Gymnasium Point goal, level 1 or 2, one fixed layout per task (MuJoCo)")
 class SGPointGoal(_SafetyGymFamily, PointGoal):
     name = "sg-point-goal"
-    Config = PointGoalConfig
+    Config = SGPointGoalConfig
     agent = "Point"
 
     def _base_name(self) -> str:
@@ -491,6 +519,42 @@ class SGPointGoal(_SafetyGymFamily, PointGoal):
         task.hazards.num = self.cfg.n_hazards
         task.vases.is_constrained = True
         task.mechanism_conf.continue_goal = False
+        if self.cfg.observation == "planar":
+            self._pin_twin_layout(task, self.layout(Task(self.name, "test", 0, dict(params))))
+            return
         _, heading = _pin_layout(task, params["layout_seed"], ("agent", "goal", "hazards", "vases"),
                                  accept=lambda lay, h: self.accepts(lay["agent"], h, lay["goal"]))
         task.agent.rot = heading
+
+    def _pin_twin_layout(self, task: Any, layout: dict) -> None:
+        """The twin's own layout (`PointGoal.layout`: start, heading, goal, hazards, pillars as vases) pinned
+        into the MuJoCo task, with the twin's goal and hazard radii; keepouts are zeroed, as every object is
+        placed by hand (the twin spaces them itself). The start is the layout's exactly: the twin's per-episode
+        jitter of the start (+-0.1, +-0.25 rad) is not reproduced."""
+        pin = lambda obj, points: setattr(obj, "locations", [tuple(map(float, p)) for p in points])  # noqa: E731
+        pin(task.agent, [layout["start"]])
+        pin(task.goal, [layout["goal"]])
+        task.hazards.num, task.vases.num = len(layout["hazards"]), len(layout["pillars"])
+        pin(task.hazards, layout["hazards"])
+        pin(task.vases, layout["pillars"])
+        task.goal.size, task.hazards.size = float(self.cfg.goal_radius), float(self.cfg.hazard_radius)
+        for obj in (task.agent, task.goal, task.hazards, task.vases):
+            obj.keepout = 0.0
+        task.placements_conf.margin = 0.0
+        task.agent.rot = float(layout["heading"])
+
+    def _moving_objects(self) -> tuple[str, int] | None:
+        return "vases", 2  # the twin's groups: goal, hazards, pillars
+
+
+@dataclass
+class SGPointGoalLevel1Config(SGPointGoalConfig):
+    level: int = spec(1, ge=1, le=2, doc="1: 10 hazards + 1 obstacle; 2: 10 hazards + 10 obstacles")
+
+
+@register_env("sg-point-goal-level1", "sg-point-goal at level 1 (d = 0.75): the MuJoCo twin of point-goal-level1")
+class SGPointGoalLevel1(SGPointGoal):
+    """`sg-point-goal` with level 1 as its default, under the name `eval.twin` looks up for point-goal-level1."""
+
+    name = "sg-point-goal-level1"
+    Config = SGPointGoalLevel1Config

@@ -376,10 +376,60 @@ def test_planar_observations_follow_the_mujoco_robot(cls, straight, left):
         _, r_twin, c_twin, *_ = twin_env.step(act)
         _, r_plain, c_plain, *_ = plain.step(act.flip(-1) if cls is sgf.SGCarCircleHazard else act)
         assert torch.allclose(r_twin, 10 * r_plain, rtol=1e-5, atol=1e-7) and torch.equal(c_twin, c_plain)
-    with pytest.raises(UserError, match="no Safety-Gymnasium twin .* Families that have one: car-circle-hazard, point-circle"):
+    with pytest.raises(UserError, match="no Safety-Gymnasium twin .* Families that have one: car-circle-hazard, "
+                                        "point-circle, point-goal, point-goal-level1"):
         from safemeta.evaluation.meta_test import twin_family
 
-        twin_family(safemeta.registry.env.get("point-goal")(safemeta.registry.env.get("point-goal").Config()))
+        twin_family(safemeta.registry.env.get("point-button")(safemeta.registry.env.get("point-button").Config()))
+
+
+@pytest.mark.safety_gym
+@pytest.mark.parametrize("level", [1, 2])
+def test_point_goal_twin_pins_the_builtin_layout_and_shows_its_observation(level):
+    """sg-point-goal with ``observation: planar``: the MuJoCo task holds point-goal's own layout (start, heading, goal,
+    hazards, obstacles as vases), the first observation is what the built-in env shows a robot at MuJoCo's pose,
+    rewards are the progress toward the goal measured on MuJoCo's positions, and a vase MuJoCo moves is seen
+    where it now is."""
+    from safemeta.envs.goal import PointGoal
+    from safemeta.envs.planar import LIDAR_BINS, PROPRIO_DIM
+
+    fam = _family(sgf.SGPointGoal, observation="planar", level=level)
+    builtin = PointGoal(PointGoal.Config(level=level))
+    tasks = fam.sample(1, "test", np.random.default_rng(3))
+    layout = builtin.layout(tasks[0])
+    venv = fam.make(tasks, 1, "cpu", 0)
+    obs = venv.reset(0)
+    task = venv.envs[0].task
+    xy = lambda points: np.array([p[:2] for p in points])  # noqa: E731
+    assert np.allclose(task.agent.pos[:2], layout["start"], atol=1e-6)
+    assert np.allclose(task.goal.pos[:2], layout["goal"], atol=1e-6)
+    assert np.allclose(xy(task.hazards.pos), layout["hazards"], atol=1e-6)
+    assert np.allclose(xy(task.vases.pos), layout["pillars"], atol=1e-3) and len(layout["pillars"]) == [1, 10][level - 1]
+    ref = builtin.make(tasks, 1)
+    ref.reset(0)
+    ref.robot.pos = torch.tensor(task.agent.pos[None, :2], dtype=torch.float32)
+    ref.robot.heading = torch.tensor([float(layout["heading"])])
+    ref.robot.motion = torch.zeros(1, 2)
+    assert obs.shape == (1, builtin.make(tasks, 1).obs_dim)
+    torch.testing.assert_close(obs, ref._observe(), atol=1e-5, rtol=0)
+    goal_dist = lambda: float(np.hypot(*(task.goal.pos[:2] - task.agent.pos[:2])))  # noqa: E731
+    before = goal_dist()
+    for _ in range(30):
+        _, reward, _, terminated, *_ = venv.step(torch.tensor([[1.0, 0.0]]))
+        assert not bool(terminated)
+        after = goal_dist()
+        assert abs(float(reward) - (before - after)) < 1e-5
+        before = after
+    # shove vase 0 by 0.5 along x: its obstacle lidar moves with it
+    pillars = slice(PROPRIO_DIM + 2 * LIDAR_BINS, PROPRIO_DIM + 3 * LIDAR_BINS)
+    still = venv.step(torch.zeros(1, 2))[0][0, pillars]
+    joint = task.agent.engine.data.joint("vase0")
+    joint.qpos[0] += 0.5
+    moved = venv.step(torch.zeros(1, 2))[0][0, pillars]
+    vase = task.vases.pos[0][:2] - task.agent.pos[:2]
+    assert not torch.equal(still, moved)
+    assert abs(float(moved.max()) - math.exp(-float(np.hypot(*vase)))) < 1e-4 or level == 2  # level 2: a nearer vase
+    assert torch.isclose(moved, torch.tensor(math.exp(-float(np.hypot(*vase)))), atol=1e-4).any()
 
 
 @pytest.mark.safety_gym
