@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from safemeta.config.loader import read_yaml
@@ -154,7 +155,8 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
         md += [f"## {c.paper}: {c.family}{view}", "", f"**Claim.** {c.statement}", "",
                f"**Metric** ({metric.paper}): {metric.rule}. **Verdict: {j.verdict}.**", "",
                f"**Protocol** (view `{c.view}`): {describe_protocol(j.protocol) if j.protocol else '(no runs yet)'}", "",
-               "| method | seeds | metric (d = " + f"{j.limit:g}" + ") | return@K | meets d | train min / seed |",
+               "| method | seeds | metric" + (f" (d = {j.limit:g})" if np.isfinite(j.limit) else "")
+               + " | return@K | meets d | train min / seed |",
                "|---|---|---|---|---|---|"]
         for label, seeds, value, ret, meets in j.rows:
             if value is None:
@@ -188,8 +190,8 @@ def online_section(c: Claim, command: str) -> list[str]:
           f"**Metric** ({c.paper}): {RULE}. **Verdict: {j.verdict}.**", "",
           f"**Protocol:** Meta-SRL's online protocol (README, \"Meta-SRL's online protocol\"), grid `{c.grid[0]}`: "
           "each seed one sequence of tasks; after each task the policy CRPO hands out is scored. Values: mean over "
-          f"seeds [95% bootstrap interval]. Time to claim: {j.minutes:.2f} wall minutes per sequence of the subject "
-          "(1 torch thread; other jobs may have shared its cores).", "", *j.table, ""]
+          f"seeds [95% bootstrap interval]. " + (f"Time to claim: {j.minutes:.2f} wall minutes per sequence of the "
+          "subject (1 torch thread; other jobs may have shared its cores)." if j.minutes else ""), "", *j.table, ""]
     if j.checks:
         md += ["| check | compared | holds |", "|---|---|---|",
                *[f"| {k} | {what} | {'yes' if ok else 'no'} |" for k, what, ok in j.checks], ""]
