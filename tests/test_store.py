@@ -211,6 +211,10 @@ def test_the_worst_step_is_c_mamls_metric_and_bad_claims_files_are_named(tmp_pat
     out = write_claims(_claims_file(tmp_path, 2, "fomaml_trpo / trpo", ["random / trpolag"]), tmp_path / "c.md", "x")
     text = out.read_text()
     assert "**Verdict: " in text and "| fomaml_trpo / trpo (subject) | 2 |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and " / " in line.split("|")[1]]
+    summary = [line for line in text.splitlines() if line.startswith("| ") and "| tiny-nav |" in line]
+    assert len(rows) == 2 and len(summary) == 1 and "| pending (" not in summary[0]  # verdict and time to claim
+    assert float(summary[0].rsplit("|", 2)[1]) == pytest.approx(sum(float(r.rsplit("|", 2)[1]) for r in rows), abs=0.1)
 
 
 def test_meta_srls_claim_is_judged_from_the_online_records(tmp_path):
@@ -245,6 +249,7 @@ def test_meta_srls_claim_is_judged_from_the_online_records(tmp_path):
     text = write_claims(claims, tmp_path / "c.md", "x").read_text()
     assert "**Verdict: reproduced.**" in text and "| hi | online_dualdice (subject) | 2 | 1.50 [1.50, 1.50]" in text
     assert "Time to claim: 1.00 wall minutes" in text
+    assert "| m | tabular-gridworld | reproduced | 1.00 |" in text  # the page's summary row
     for seed in (0, 1):
         write("hi", "online_dualdice", seed, 2.5)  # now worse at high similarity than at low
     text = write_claims(claims, tmp_path / "c.md", "x").read_text()

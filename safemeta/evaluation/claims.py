@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -145,11 +146,17 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
           "it (1 torch thread; the records say which commit; other jobs may have shared its cores), the "
           "meta-test not included. Meta-SRL's claims are judged on its online protocol instead, from the online "
           "grids' records (`leaderboards/results/online`).", ""]
+    summary = ["| claim | family | verdict | time to claim (wall min / seed) |", "|---|---|---|---|"]
+    md_intro, md = md, []
     for c in claims:
         if c.metric == ONLINE_METRIC:
-            md += online_section(c, command)
+            section, j = online_section(c, command)
+            md += section
+            summary.append(f"| {c.id} | {c.family} | {j.verdict} | {f'{j.minutes:.2f}' if j.minutes else ''} |")
             continue
         j = judge(c, by_family)
+        summary.append(f"| {c.id} | {c.family}{f' ({c.view} view)' if c.view != 'method' else ''} | {j.verdict} | "
+                       f"{f'{sum(j.minutes.values()):.1f}' if j.minutes else ''} |")
         metric = VERDICTS[c.metric]
         view = f" ({c.view} view)" if c.view != "method" else ""
         md += [f"## {c.paper}: {c.family}{view}", "", f"**Claim.** {c.statement}", "",
@@ -176,13 +183,16 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
             if grid.get("set"):
                 md += [(f"Grid settings of `{Path(g).name}`: " if len(c.grid) > 1 else "Grid settings: ")
                        + f"`{grid['set']}`" + (f", per algo `{grid['algo_set']}`" if grid.get("algo_set") else ""), ""]
+    md = [*md_intro, *summary, "", "Time to claim: the meta-training wall minutes per seed of all the claim's rows "
+          "together (meta-tests not included), or for a Meta-SRL claim the minutes of the subject's task sequence.",
+          "", *md]
     path = Path(out)
     atomic_write_text(path, "\n".join(md))
     return path
 
 
-def online_section(c: Claim, command: str) -> list[str]:
-    """A Meta-SRL claim's section: its checks and table from the online grid's records."""
+def online_section(c: Claim, command: str) -> tuple[list[str], Any]:
+    """A Meta-SRL claim's section (its checks and table from the online grid's records) and its judgement."""
     from safemeta.online.claims import RULE, judge_online
 
     j = judge_online(c.grid[0], c.subject, c.rivals, c.similarity or {}, c.seeds, c.also or [])
@@ -197,4 +207,4 @@ def online_section(c: Claim, command: str) -> list[str]:
                *[f"| {k} | {what} | {'yes' if ok else 'no'} |" for k, what, ok in j.checks], ""]
     if c.finding:
         md += [f"**Finding.** {c.finding.strip()}", ""]
-    return md + ["```", f"safemeta online {c.grid[0]}", command, "```", ""]
+    return md + ["```", f"safemeta online {c.grid[0]}", command, "```", ""], j
