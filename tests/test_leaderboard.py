@@ -198,6 +198,12 @@ def test_one_table_never_mixes_protocols(tmp_path):
     _with_protocol(root, "pretrained", _protocol(mult="fresh"))
     with pytest.raises(UserError, match="different protocols.*c_maml / trpolag s0.*pretrained / trpolag s0"):
         make_leaderboards(root, tmp_path / "boards", None, "x")
+    # a record from before a protocol key existed compares with a new one at that key's default (twin: built-in)
+    _with_protocol(root, "pretrained", {**_protocol(), "twin": ""})
+    make_leaderboards(root, tmp_path / "boards", None, "x")
+    _with_protocol(root, "pretrained", {**_protocol(), "twin": "sg-tiny-nav"})
+    with pytest.raises(UserError, match="different protocols"):
+        make_leaderboards(root, tmp_path / "boards", None, "x")
 
 
 def test_grid_views_meta_test_each_finished_cell_once(tmp_path, capsys):

@@ -203,9 +203,12 @@ def _budget(methods: list[Method]) -> list[str]:
 
 def _protocol_key(report: dict) -> str:
     """What must agree between the rows of one table: everything in the protocol but the per-method inherited
-    values and, in the own-solver view, the solver itself."""
+    values and, in the own-solver view, the solver itself (a key added to the protocol later counts at its
+    default when a record lacks it: `twin`)."""
     protocol = dict(report.get("protocol") or {"legacy": True, "adapt_steps": len(report["steps"]) - 1})
     protocol.pop("inherited", None)
+    if not protocol.get("twin"):  # on the built-in family: as the records written before `twin` existed say it
+        protocol.pop("twin", None)
     if protocol.get("solver", {}).get("view") == "own":
         protocol["solver"] = "own"
     return json.dumps(protocol, sort_keys=True)
