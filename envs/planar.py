@@ -142,7 +142,8 @@ class PointObjects:
     Coordinates are kept as separate contiguous ``x``, ``y`` tensors ``[B, M]``: atan2, sqrt and friends on
     strided views (of an interleaved ``[B, M, 2]`` tensor, or of the rows of a ``[B, 2, M]`` one) run up to
     10x slower on CPU (measured).
-    Padding objects are moved to FAR instead of being masked. Objects are static for the env's lifetime.
+    Padding objects are moved to FAR instead of being masked. The built-in families' objects are static for
+    the env's lifetime; `move` relocates a group (the MuJoCo twin's shadow follows objects MuJoCo pushes).
     """
 
     def __init__(self, groups: list[tuple[Tensor, Tensor, int]]):
@@ -156,6 +157,14 @@ class PointObjects:
         self.x, self.y = torch.cat(xs, 1), torch.cat(ys, 1)
         self.column = torch.cat(cols).expand_as(self.x).contiguous()  # [B, M]: adds without broadcasting
         self._scanned: tuple = (None,)
+
+    def move(self, group: int, xy: Tensor) -> None:
+        """Put group ``group``'s objects at ``xy [B, M_g, 2]`` (and forget the cached scan)."""
+        sl = self.slices[group]
+        if xy.shape[1] != sl.stop - sl.start:
+            raise ValueError(f"group {group} holds {sl.stop - sl.start} objects, got positions of {xy.shape[1]}")
+        self.x[:, sl], self.y[:, sl] = xy[..., 0], xy[..., 1]
+        self._scanned = (None,)
 
     def nearest(self, pos: Tensor, group: int) -> Tensor:
         """``[B]`` distance from each robot to the nearest object of a group (``< radius``: inside one)."""

@@ -115,7 +115,7 @@ from torch import Tensor
 from safemeta.config.schema import spec
 from safemeta.envs.button import PointButton, PointButtonConfig
 from safemeta.envs.circle import CarCircleHazard, CarCircleHazardConfig, PointCircle, PointCircleConfig
-from safemeta.envs.goal import PointGoal, PointGoalConfig
+from safemeta.envs.goal import PointGoal, PointGoalConfig, PointGoalLevel1Config
 from safemeta.errors import UserError
 from safemeta.registry import register_env
 from safemeta.rollout.task import Task, TaskFamily
@@ -329,13 +329,7 @@ class PlanarObservations(SafetyGymVecCMDP):
         robot = self.shadow.robot
         robot.pos, robot.heading, robot.motion = state[:, :2].contiguous(), state[:, 2].contiguous(), state[:, 3:5]
         if self.moving is not None:  # pushed objects (point-goal's vases) are seen where MuJoCo has them now
-            objects = self.shadow.objects
-            group = objects.slices[self.moving[1]]
-            xy = state[:, 5:].reshape(len(rows), -1, 2)
-            if xy.shape[1] != group.stop - group.start:
-                raise ValueError(f"{xy.shape[1]} MuJoCo {self.moving[0]} against {group.stop - group.start} in the twin")
-            objects.x[:, group], objects.y[:, group] = xy[..., 0], xy[..., 1]
-            objects._scanned = (None,)
+            self.shadow.objects.move(self.moving[1], state[:, 5:].reshape(len(rows), -1, 2))
         return self.shadow._observe()
 
 
@@ -548,8 +542,8 @@ class SGPointGoal(_SafetyGymFamily, PointGoal):
 
 
 @dataclass
-class SGPointGoalLevel1Config(SGPointGoalConfig):
-    level: int = spec(1, ge=1, le=2, doc="1: 10 hazards + 1 obstacle; 2: 10 hazards + 10 obstacles")
+class SGPointGoalLevel1Config(PointGoalLevel1Config, SGPointGoalConfig):
+    """point-goal-level1's settings (level 1 by default) with the MuJoCo family's ``observation``."""
 
 
 @register_env("sg-point-goal-level1", "sg-point-goal at level 1 (d = 0.75): the MuJoCo twin of point-goal-level1")

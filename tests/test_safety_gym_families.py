@@ -410,7 +410,7 @@ def test_point_goal_twin_pins_the_builtin_layout_and_shows_its_observation(level
     ref.robot.pos = torch.tensor(task.agent.pos[None, :2], dtype=torch.float32)
     ref.robot.heading = torch.tensor([float(layout["heading"])])
     ref.robot.motion = torch.zeros(1, 2)
-    assert obs.shape == (1, builtin.make(tasks, 1).obs_dim)
+    assert obs.shape == (1, ref.obs_dim)
     torch.testing.assert_close(obs, ref._observe(), atol=1e-5, rtol=0)
     goal_dist = lambda: float(np.hypot(*(task.goal.pos[:2] - task.agent.pos[:2])))  # noqa: E731
     before = goal_dist()

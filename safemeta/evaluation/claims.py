@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
@@ -27,6 +27,9 @@ from safemeta.evaluation.leaderboard import MAIN, VERDICTS, Method, group, load_
 from safemeta.evaluation.meta_test import describe_protocol
 from safemeta.evaluation.stats import Estimate, bootstrap
 from safemeta.training.tracking import atomic_write_text
+
+if TYPE_CHECKING:
+    from safemeta.online.claims import OnlineJudged
 
 CLAIM_KEYS = {"id", "paper", "statement", "family", "grid", "view", "metric", "subject", "rivals", "seeds"}
 # picture(_command): a `safemeta render` GIF of the subject (path relative to the page); finding: the traced cause
@@ -134,7 +137,7 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
     if not Path(store).is_dir():
         raise UserError(f"The results store '{store}' of '{claims_file}' does not exist.")
     by_family = group(load_store(Path(store)))
-    md = ["# Claims", "",
+    intro = ["# Claims", "",
           "Each published method's headline claim, judged by the paper's own metric on the papers' meta-test "
           "protocol (README, \"Meta-test protocol\"), from the results store alone "
           f"(`{store}`; every number regenerates with the command at the bottom). Values: mean over seeds and "
@@ -147,7 +150,7 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
           "meta-test not included. Meta-SRL's claims are judged on its online protocol instead, from the online "
           "grids' records (`leaderboards/results/online`).", ""]
     summary = ["| claim | family | verdict | time to claim (wall min / seed) |", "|---|---|---|---|"]
-    md_intro, md = md, []
+    md: list[str] = []
     for c in claims:
         if c.metric == ONLINE_METRIC:
             section, j = online_section(c, command)
@@ -155,10 +158,10 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
             summary.append(f"| {c.id} | {c.family} | {j.verdict} | {f'{j.minutes:.2f}' if j.minutes else ''} |")
             continue
         j = judge(c, by_family)
-        summary.append(f"| {c.id} | {c.family}{f' ({c.view} view)' if c.view != 'method' else ''} | {j.verdict} | "
-                       f"{f'{sum(j.minutes.values()):.1f}' if j.minutes else ''} |")
         metric = VERDICTS[c.metric]
         view = f" ({c.view} view)" if c.view != "method" else ""
+        summary.append(f"| {c.id} | {c.family}{view} | {j.verdict} | "
+                       f"{f'{sum(j.minutes.values()):.1f}' if j.minutes else ''} |")
         md += [f"## {c.paper}: {c.family}{view}", "", f"**Claim.** {c.statement}", "",
                f"**Metric** ({metric.paper}): {metric.rule}. **Verdict: {j.verdict}.**", "",
                f"**Protocol** (view `{c.view}`): {describe_protocol(j.protocol) if j.protocol else '(no runs yet)'}", "",
@@ -183,7 +186,7 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
             if grid.get("set"):
                 md += [(f"Grid settings of `{Path(g).name}`: " if len(c.grid) > 1 else "Grid settings: ")
                        + f"`{grid['set']}`" + (f", per algo `{grid['algo_set']}`" if grid.get("algo_set") else ""), ""]
-    md = [*md_intro, *summary, "", "Time to claim: the meta-training wall minutes per seed of all the claim's rows "
+    md = [*intro, *summary, "", "Time to claim: the meta-training wall minutes per seed of all the claim's rows "
           "together (meta-tests not included), or for a Meta-SRL claim the minutes of the subject's task sequence.",
           "", *md]
     path = Path(out)
@@ -191,7 +194,7 @@ def write_claims(claims_file: str | Path, out: str | Path, command: str) -> Path
     return path
 
 
-def online_section(c: Claim, command: str) -> tuple[list[str], Any]:
+def online_section(c: Claim, command: str) -> tuple[list[str], "OnlineJudged"]:
     """A Meta-SRL claim's section (its checks and table from the online grid's records) and its judgement."""
     from safemeta.online.claims import RULE, judge_online
 

@@ -201,14 +201,19 @@ def _budget(methods: list[Method]) -> list[str]:
     return sorted(lines)
 
 
+# protocol keys added after records were written, with the value a record without the key means
+LATER_PROTOCOL_KEYS = {"twin": ""}  # "": meta-tested on the built-in family
+
+
 def _protocol_key(report: dict) -> str:
     """What must agree between the rows of one table: everything in the protocol but the per-method inherited
-    values and, in the own-solver view, the solver itself (a key added to the protocol later counts at its
-    default when a record lacks it: `twin`)."""
+    values and, in the own-solver view, the solver itself; a key of `LATER_PROTOCOL_KEYS` at its default counts
+    as absent, so records written before it existed compare with new ones."""
     protocol = dict(report.get("protocol") or {"legacy": True, "adapt_steps": len(report["steps"]) - 1})
     protocol.pop("inherited", None)
-    if not protocol.get("twin"):  # on the built-in family: as the records written before `twin` existed say it
-        protocol.pop("twin", None)
+    for key, default in LATER_PROTOCOL_KEYS.items():
+        if protocol.get(key, default) == default:
+            protocol.pop(key, None)
     if protocol.get("solver", {}).get("view") == "own":
         protocol["solver"] = "own"
     return json.dumps(protocol, sort_keys=True)
