@@ -170,3 +170,20 @@ def test_a_nan_action_in_a_lidar_family_is_an_env_fault_naming_its_task(name):
     params["mean.4.bias"][1, 0] = float("nan")
     with pytest.raises(EnvFault, match=r"non-finite action for task\(s\) \[1\]"):
         Collector(actor).collect(params, venv, 1, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", ["point-goal", "point-button"])
+def test_a_collected_batch_and_its_env_work_outside_the_collectors_inference_mode(name):
+    """The step loop runs in inference mode; the batch it returns is made of ordinary tensors (a solver's autograd
+    graph may save them), and the env keeps stepping outside inference mode afterwards."""
+    actor, params, (venv, _) = _setup(name, 2, 2, horizon=70)
+    batch = Collector(actor, RunningObsNorm(venv.obs_dim)).collect(params, venv, 2, torch.Generator().manual_seed(0))
+    for k in (*FIELDS, "ep_return", "ep_cost", "ep_count"):
+        assert not getattr(batch, k).is_inference(), k
+    p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    mean, _ = batched(actor)(p, batch.obs.reshape(2, -1, venv.obs_dim))
+    (mean.sum(-1) * batch.rew.reshape(2, -1)).sum().backward()  # saves the batch's tensors for backward
+    assert torch.isfinite(p["mean.0.weight"].grad).all() and p["mean.0.weight"].grad.abs().sum() > 0
+    for _ in range(80):  # past the time limit: resets and step counts outside inference mode
+        obs, *_ = venv.step(torch.zeros(venv.num_envs, venv.act_dim))
+    assert torch.isfinite(obs).all()

@@ -18,17 +18,36 @@ class RunningObsNorm:
         self.mean = torch.zeros(obs_dim, dtype=torch.float64)
         self.var = torch.ones(obs_dim, dtype=torch.float64)
         self.count = 0.0
+        self._cached: tuple | None = None
         self.discard()
 
     def __call__(self, obs: Tensor) -> Tensor:
-        z = (obs - self.mean.to(obs.dtype)) / torch.sqrt(self.var + self.eps).to(obs.dtype)
-        return z.clamp(-self.clip, self.clip)
+        shift, scale = self._constants(obs)
+        return (obs - shift).div_(scale).clamp_(-self.clip, self.clip)
+
+    def _constants(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """``mean`` and ``sqrt(var + eps)`` in ``obs``' dtype and device, converted once per value of the moments
+        (the collector normalizes every step; the moments change only when replaced by `commit` or a load)."""
+        c = self._cached
+        if c is None or c[0] is not self.mean or c[1] is not self.var or c[2] != obs.dtype or c[3] != obs.device:
+            c = self._cached = (self.mean, self.var, obs.dtype, obs.device, self.mean.to(obs.device, obs.dtype),
+                                torch.sqrt(self.var + self.eps).to(obs.device, obs.dtype))
+        return c[4], c[5]
 
     def observe(self, obs: Tensor) -> None:
         x = obs.detach().reshape(-1, obs.shape[-1]).to(torch.float64)
         self._n += x.shape[0]
         self._sum += x.sum(0)
         self._sumsq += x.pow(2).sum(0)
+
+    def observe_steps(self, obs: Tensor) -> None:
+        """`observe` of ``obs[0], obs[1], ...`` in turn (``obs[k, ..., obs_dim]``, k steps of a collection) in a fixed
+        number of ops: each step's sums, then the running sums accumulated step by step by one cumulative sum
+        (the same additions in the same order as k calls of `observe`: the same numbers, checked in the tests)."""
+        x = obs.detach().reshape(obs.shape[0], -1, obs.shape[-1]).to(torch.float64)
+        self._n += x.shape[0] * x.shape[1]
+        self._sum = torch.cat([self._sum.unsqueeze(0), x.sum(1)]).cumsum(0)[-1]
+        self._sumsq = torch.cat([self._sumsq.unsqueeze(0), x.pow(2).sum(1)]).cumsum(0)[-1]
 
     def commit(self) -> None:
         """Merge the pending moments into the running ones (Chan et al.'s parallel update)."""
