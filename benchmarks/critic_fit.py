@@ -25,6 +25,7 @@ SETTINGS = {
     "<= 40 steps": {"max_minibatches": 40, "meta_max_minibatches": 40},
     "<= 20 steps": {"max_minibatches": 20, "meta_max_minibatches": 20},
     "<= 24 steps per task, <= 200 for the initialization": {"max_minibatches": 24, "meta_max_minibatches": 200},
+    "<= 10 steps per task, <= 50 for the initialization": {"max_minibatches": 10, "meta_max_minibatches": 50},
 }
 
 

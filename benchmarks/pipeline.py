@@ -1,7 +1,7 @@
 """Meta-iteration throughput against collection alone at the same batch, with a per-phase breakdown.
 
     .venv/bin/python benchmarks/pipeline.py [--algos c_maml meta_cpo fomaml_trpo] [--families point-circle point-goal]
-                                            [--envs preset 16] [--iters 3] [--device cpu]
+                                            [--envs preset 16] [--iters 3] [--device cpu] [--set KEY=VALUE ...]
 
 For each algo x family x envs-per-task ("preset": the family's overlay; a number overrides
 ``trainer.envs_per_task``), in a fresh subprocess (so peak memory is that cell's):
@@ -61,18 +61,19 @@ class PhaseTimer:
         setattr(obj, method, timed)
 
 
-def measure(algo: str, family: str, envs: str, iters: int, device: str) -> dict:
+def measure(algo: str, family: str, envs: str, iters: int, device: str, overrides: list[str] = ()) -> dict:
     import numpy as np
     import torch
 
     import safemeta
+    from safemeta.config.loader import parse_set
     from safemeta.training.model import stacked_theta
     from safemeta.training.trainer import MetaTrainer
 
     layer: dict = {"algo": algo, "env": family, "trainer": {"device": device}, "log": {"progress": False}}
     if envs != "preset":
         layer["trainer"]["envs_per_task"] = int(envs)
-    cfg = safemeta.resolve_config([("benchmark", layer)])
+    cfg = safemeta.resolve_config([("benchmark", layer), ("--set", parse_set(list(overrides)))])
     trainer = MetaTrainer(cfg)
     tr = cfg.trainer
     collect = trainer.adapter.collector.collect  # untimed, for collection alone
@@ -123,10 +124,12 @@ def main() -> None:
     p.add_argument("--envs", nargs="+", default=["preset", "16"])
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every cell (as `safemeta train --set`), e.g. a cheaper critic fit")
     p.add_argument("--one", nargs=3, metavar=("ALGO", "FAMILY", "ENVS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(measure(*args.one, args.iters, args.device)))
+        print(json.dumps(measure(*args.one, args.iters, args.device, args.set)))
         return
     print("| algo | family | tasks x envs x episodes | s / iter | iter env-steps/s | collect env-steps/s | ratio | "
           + " | ".join(f"{ph} s" for ph in PHASES) + " | other s | peak RSS MB |")
@@ -135,7 +138,7 @@ def main() -> None:
         for envs in args.envs:
             for algo in args.algos:
                 cmd = [sys.executable, __file__, "--one", algo, family, envs, "--iters", str(args.iters),
-                       "--device", args.device]
+                       "--device", args.device, "--set", *args.set]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
                     print(f"| {algo} | {family} | envs {envs} | failed: {done.stderr.strip().splitlines()[-1]} |")

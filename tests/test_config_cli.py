@@ -21,6 +21,13 @@ def test_unknown_algo_lists_valid_names(tmp_path):
     assert not (tmp_path / "nope-trpo-tiny-nav").exists()
 
 
+@pytest.mark.parametrize("device, why", [("cuda", "not supported by the trainer yet"), ("gpu", "not a device")])
+def test_a_device_the_trainer_cannot_run_on_is_refused_before_the_run(tmp_path, device, why):
+    msg = _err("train", "--set", f"trainer.device={device}", "--out", str(tmp_path))
+    assert f"trainer.device '{device}'" in msg and why in msg and "valid: cpu" in msg
+    assert not any(tmp_path.iterdir())  # no run directory
+
+
 def test_unknown_yaml_key_names_key_file_and_closest(tmp_path):
     bad = tmp_path / "my.yaml"
     bad.write_text("trainer:\n  itres: 3\n")

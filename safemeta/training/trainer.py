@@ -49,9 +49,23 @@ def planned_iterations(cfg: Config) -> int:
     return cfg.trainer.iters if registry.outer.get(cfg.outer).needs_rollouts else 0
 
 
+SUPPORTED_DEVICES = ("cpu",)
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``trainer.device`` the trainer cannot run on, naming the valid choices (a clear error instead of a
+    device mismatch deep in a rollout). CUDA is not supported yet: the meta-parameters, the collector's noise and
+    the solvers' per-task bookkeeping are created on the CPU (issue 16, item 4, is open)."""
+    if device not in SUPPORTED_DEVICES:
+        why = "is not supported by the trainer yet (it keeps its parameters on the CPU)" \
+            if str(device).startswith("cuda") else "is not a device the trainer knows"
+        raise UserError(f"trainer.device '{device}' {why}; valid: {', '.join(SUPPORTED_DEVICES)}.")
+
+
 class MetaTrainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        check_device(cfg.trainer.device)
         torch.set_num_threads(cfg.trainer.num_threads)
         torch.manual_seed(cfg.seed)
         self.family = registry.env.get(cfg.env)(cfg.env_params)
