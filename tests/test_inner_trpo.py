@@ -41,6 +41,33 @@ def test_fisher_vector_product_is_the_kl_hessian(trained_parts):
         torch.testing.assert_close(hv[i], h @ v[i], atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("activation, hidden", [("tanh", (64, 64)), ("tanh", (32, 16)), ("relu", (16,)),
+                                                ("elu", (16, 8)), ("tanh", ())])
+def test_the_closed_form_fisher_product_is_the_kl_hessian(activation, hidden):
+    """`InnerSolver.fisher_product`'s Gauss-Newton form (what the natural-gradient steps use outside a
+    differentiable step) against the dense Hessian of each task's mean KL, and against autograd's double
+    backward (`fisher_vector_product`), on states and parameters away from the initialization."""
+    from types import SimpleNamespace
+
+    from safemeta.rollout.policy import GaussianActor, init_params
+
+    g = torch.Generator().manual_seed(0)
+    actor = GaussianActor(5, 2, hidden, activation, -0.3)
+    params = {k: v + 0.3 * torch.randn(2, *v.shape, generator=g) for k, v in init_params(actor).items()}
+    batch = SimpleNamespace(obs=torch.randn(2, 40, 3, 5, generator=g), logp=torch.zeros(2, 40, 3))
+    solver = TRPO(TRPOConfig(), actor)
+    v = torch.randn(flat(params).shape, generator=g)
+    closed = solver.fisher_product(params, batch, damping=0.1)(v)
+    autograd = fisher_vector_product(lambda q: solver.mean_kl(params, q, batch), params, damping=0.1)(v)
+    torch.testing.assert_close(closed, autograd, atol=1e-5, rtol=1e-4)
+    for i in range(2):
+        def kl_i(x, i=i):
+            q = unflat(flat(params).clone().index_put((torch.tensor([i]),), x.unsqueeze(0)), params)
+            return solver.mean_kl(params, q, batch)[i]
+        h = torch.autograd.functional.hessian(kl_i, flat(params)[i].clone())
+        torch.testing.assert_close(closed[i], h @ v[i] + 0.1 * v[i], atol=1e-4, rtol=1e-3)
+
+
 def test_trpo_step_respects_trust_region_and_improves_surrogate(trained_parts):
     t, batch = trained_parts
     cfg = TRPOConfig(max_kl=0.01)

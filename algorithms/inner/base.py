@@ -20,15 +20,16 @@ updaters differentiate theta_K whatever ``output`` says; meta-tests report every
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
+from safemeta.algorithms.inner.natural_gradient import fisher_vector_product
 from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.rollout.params import Params, select
-from safemeta.rollout.policy import GaussianActor, batched, gaussian_kl, gaussian_log_prob
+from safemeta.rollout.policy import GaussianActor, batched, gaussian_fisher, gaussian_kl, gaussian_log_prob
 
 State = dict[str, Tensor]
 
@@ -112,6 +113,23 @@ class InnerSolver(ABC):
         states, so a subsample estimates it well (tests/test_inner_trpo.py bounds the direction's angle);
         the KL of the resulting step is still measured and bounded on the whole batch."""
         return batch.every(self.cfg.fvp_subsample)
+
+    def fisher_product(self, params: Params, batch: Batch, damping: float, create_graph: bool = False
+                       ) -> Callable[[Tensor], Tensor]:
+        """``v[N, P] -> (F + damping I) v``, F the Hessian in q of `mean_kl` (params || q) at q = ``params`` on
+        ``batch``'s states: the Fisher matrix of the natural-gradient step.
+
+        Without ``create_graph`` a Gaussian MLP actor's products use the closed Gauss-Newton form
+        (`safemeta.rollout.policy.gaussian_fisher`: the same F, ~1.7x cheaper than autograd's double backward);
+        with it (a differentiable step: F depends on the local parameters through both arguments of the KL)
+        they differentiate the KL twice (`fisher_vector_product`), as does any other actor."""
+        if not create_graph:
+            n, t, e = batch.logp.shape
+            closed = gaussian_fisher(self.actor, params, batch.obs.reshape(n, t * e, -1))
+            if closed is not None:
+                return lambda v: closed(v) + damping * v
+        return fisher_vector_product(lambda q: self.mean_kl(params, q, batch, detach_old=not create_graph), params,
+                                     damping, create_graph=create_graph)
 
     def mean_kl(self, old: Params, new: Params, batch: Batch, detach_old: bool = True) -> Tensor:
         """Mean over visited states of KL(pi_old(.|s) || pi_new(.|s)), per task ``[N]``.

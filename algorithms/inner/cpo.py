@@ -41,7 +41,7 @@ from safemeta.algorithms.inner.base import (InnerSolver, State, episode_cost_adv
 from safemeta.algorithms.inner.cpo_backends import solve_with_backend
 from safemeta.algorithms.inner.cpo_step import solve_cpo
 from safemeta.algorithms.inner.natural_gradient import (backtracking_line_search, conjugate_gradient,
-                                                        fisher_vector_product, flat_grad, implicit_solve)
+                                                        flat_grad, implicit_solve)
 from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.errors import UserError
@@ -135,8 +135,7 @@ class CPO(InnerSolver):
             fisher = self.fisher_batch(batch)
 
             def make_fvp(q: Params, create_graph: bool):
-                return fisher_vector_product(lambda r: self.mean_kl(q, r, fisher, detach_old=not create_graph), q,
-                                             cfg.cg_damping, create_graph=create_graph)
+                return self.fisher_product(q, fisher, cfg.cg_damping, create_graph)
 
             if differentiable and cfg.cg_grad == "implicit":
                 hinv_g, hinv_a = (implicit_solve(make_fvp, p, v, cfg.cg_iters) for v in (g, a))

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from safemeta.algorithms.inner.base import InnerSolver, State, fvp_subsample_field, normalize, output_field
-from safemeta.algorithms.inner.natural_gradient import conjugate_gradient, fisher_vector_product, flat_grad
+from safemeta.algorithms.inner.natural_gradient import conjugate_gradient, flat_grad
 from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.rollout.params import Params, add, detach, unflat
@@ -77,12 +77,11 @@ class CRPO(InnerSolver):
         p = {k: v.requires_grad_(True) for k, v in detach(params).items()}
         direction_grad = flat_grad(self.surrogate(p, batch, adv).sum(), p)
         fisher = self.fisher_batch(batch)
-        fvp = fisher_vector_product(lambda q: self.mean_kl(old, q, fisher), old, cfg.cg_damping)
+        fvp = self.fisher_product(old, fisher, cfg.cg_damping)
         nat = conjugate_gradient(fvp, direction_grad, cfg.cg_iters)
         x = state["step_size"].unsqueeze(-1) * nat
         # the cap is CRPO's only KL control (no line search), so its quadratic estimate uses the whole batch
-        full_fvp = fvp if fisher is batch else fisher_vector_product(lambda q: self.mean_kl(old, q, batch), old,
-                                                                     cfg.cg_damping)
+        full_fvp = fvp if fisher is batch else self.fisher_product(old, batch, cfg.cg_damping)
         quad_kl = 0.5 * (x * full_fvp(x)).sum(-1)
         scale = torch.where(quad_kl > cfg.max_kl, torch.sqrt(cfg.max_kl / quad_kl.clamp(min=1e-12)), torch.ones_like(quad_kl))
         new = add(old, unflat((scale.unsqueeze(-1) * x).detach(), old))

@@ -4,7 +4,9 @@ Everything works on ``[N, P]`` flat per-task vectors. Because each task's loss d
 parameter slice, the gradient of the *sum* of per-task losses is the stack of per-task gradients and
 the Hessian-vector product of the summed KL is block diagonal, so one autograd call serves all tasks.
 
-- Fisher-vector product: F v = d/dtheta ( (d KL / dtheta) . v ) + damping * v  (Schulman et al. 2015, App. C)
+- Fisher-vector product: F v = d/dtheta ( (d KL / dtheta) . v ) + damping * v  (Schulman et al. 2015, App. C).
+  Solvers get theirs from `InnerSolver.fisher_product`, which uses the equal closed Gauss-Newton form for a
+  Gaussian MLP actor outside a differentiable step, and this double backward otherwise.
 - Conjugate gradient solves F x = g for every task at once (per-task alpha and beta).
 - Backtracking line search accepts, per task, the largest fraction of the step whose KL <= delta and
   whose surrogate improves.

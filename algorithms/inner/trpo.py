@@ -23,7 +23,7 @@ from torch import Tensor
 
 from safemeta.algorithms.inner.base import InnerSolver, State, fvp_subsample_field, normalize
 from safemeta.algorithms.inner.natural_gradient import (backtracking_line_search, conjugate_gradient,
-                                                        fisher_vector_product, flat_grad, implicit_solve)
+                                                        flat_grad, implicit_solve)
 from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.rollout.params import Params, add, detach, unflat
@@ -57,7 +57,7 @@ class TrustRegionSolver(InnerSolver):
         g = flat_grad(surr_old.sum(), p)
         surr_old = surr_old.detach()
         fisher = self.fisher_batch(batch)
-        fvp = fisher_vector_product(lambda q: self.mean_kl(old, q, fisher), old, self.cfg.cg_damping)
+        fvp = self.fisher_product(old, fisher, self.cfg.cg_damping)
         x = conjugate_gradient(fvp, g, self.cfg.cg_iters)
         xfx = (x * fvp(x)).sum(-1).clamp(min=1e-12)
         beta = torch.sqrt(2 * self.cfg.max_kl / xfx)
@@ -89,8 +89,7 @@ class TrustRegionSolver(InnerSolver):
         fisher = self.fisher_batch(batch)
 
         def make_fvp(q: Params, create_graph: bool):
-            return fisher_vector_product(lambda r: self.mean_kl(q, r, fisher, detach_old=not create_graph), q,
-                                         cfg.cg_damping, create_graph=create_graph)
+            return self.fisher_product(q, fisher, cfg.cg_damping, create_graph)
 
         x = implicit_solve(make_fvp, p, g, cfg.cg_iters)
         xfx = (x * make_fvp(p, True)(x)).sum(-1).clamp(min=1e-12)

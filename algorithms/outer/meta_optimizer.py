@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from safemeta.algorithms.inner.base import InnerSolver
-from safemeta.algorithms.inner.natural_gradient import conjugate_gradient, fisher_vector_product
+from safemeta.algorithms.inner.natural_gradient import conjugate_gradient
 from safemeta.rollout.batch import Batch
 from safemeta.config.schema import spec
 from safemeta.rollout.params import Params
@@ -40,5 +40,5 @@ def meta_fisher_solve(inner: InnerSolver, theta1: Params, meta_batch: Batch, dam
                       ) -> Callable[[Tensor], Tensor]:
     """``v[1,P] -> H^-1 v`` with H the Fisher matrix of pi_theta (``theta1`` stacked ``[1, ...]``) on the
     states of ``meta_batch`` (a one-task batch, e.g. the meta-policy's rollouts pooled), by conjugate gradient."""
-    fvp = fisher_vector_product(lambda q: inner.mean_kl(theta1, q, meta_batch), theta1, damping)
+    fvp = inner.fisher_product(theta1, meta_batch, damping)
     return lambda v: conjugate_gradient(fvp, v, cg_iters)
