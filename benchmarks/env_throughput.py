@@ -1,13 +1,14 @@
 """Env-steps per second of the built-in batched families vs the matching Safety-Gymnasium task.
 
-    .venv/bin/python benchmarks/env_throughput.py [--threads 2] [--envs 1 64 1024 4096] [--sg-steps 2000]
+    .venv/bin/python benchmarks/env_throughput.py [--threads 2] [--envs 1 64 1024 4096] [--sg-steps 2000] [--device cpu]
 
 For every built-in family: random actions at 1, 64, 1024 and 4096 envs (4 tasks once there are >= 4
 envs), auto-resets included; then collection of whole episodes with the default MLP policy (64, 64)
 through `safemeta.rollout.collector.Collector` at 4096 envs. For the Safety-Gymnasium twin: one env stepped
 with random actions for ``--sg-steps`` steps, timed without and with its resets (Safety-Gymnasium rebuilds
 the world at each reset). Everything runs in one process, on the same machine, in one run,
-so the ratio column compares like with like.
+so the ratio column compares like with like. ``--device cuda`` steps the built-in families and the policy on a GPU
+(Safety-Gymnasium stays on the CPU); a CUDA figure is timed after a synchronize.
 
 OMP_WAIT_POLICY defaults to PASSIVE here (export it to override): with torch's libgomp and its default
 active wait, a 2-thread op on this shared 2-core machine waits out a scheduler time slice whenever another
@@ -39,33 +40,42 @@ def family(name: str):
     return cls(cls.Config())
 
 
-def builtin_rate(name: str, n_envs: int, min_seconds: float = 1.0) -> float:
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def builtin_rate(name: str, n_envs: int, device: str = "cpu", min_seconds: float = 1.0) -> float:
     fam = family(name)
     n_tasks = 4 if n_envs >= 4 else 1
-    venv = fam.make(fam.sample(n_tasks, "train", np.random.default_rng(0)), n_envs // n_tasks, seed=0)
+    venv = fam.make(fam.sample(n_tasks, "train", np.random.default_rng(0)), n_envs // n_tasks, device, seed=0)
     venv.reset(0)
-    gen = torch.Generator().manual_seed(0)
-    act = lambda: torch.rand(venv.num_envs, venv.act_dim, generator=gen) * 2 - 1  # noqa: E731
+    gen = torch.Generator(device=device).manual_seed(0)
+    act = lambda: torch.rand(venv.num_envs, venv.act_dim, generator=gen, device=device) * 2 - 1  # noqa: E731
     for _ in range(5):
         venv.step(act())
+    sync(device)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < min_seconds:
         for _ in range(20):
             venv.step(act())
         steps += 20
+    sync(device)
     return steps * venv.num_envs / (time.perf_counter() - start)
 
 
-def collection_rate(name: str, n_envs: int = 4096) -> float:
+def collection_rate(name: str, n_envs: int = 4096, device: str = "cpu") -> float:
     fam = family(name)
-    venv = fam.make(fam.sample(4, "train", np.random.default_rng(0)), n_envs // 4, seed=0)
+    venv = fam.make(fam.sample(4, "train", np.random.default_rng(0)), n_envs // 4, device, seed=0)
     actor = GaussianActor(venv.obs_dim, venv.act_dim, (64, 64), "tanh", -0.5)
     collector = Collector(actor)
-    params = stack(init_params(actor), 4)
+    params = {k: v.to(device) for k, v in stack(init_params(actor), 4).items()}
     episodes = max(1, 200 // fam.horizon)
     gen = torch.Generator().manual_seed(0)
+    sync(device)
     start = time.perf_counter()
     batch = collector.collect(params, venv, episodes, gen)
+    sync(device)
     return batch.env_steps / (time.perf_counter() - start)
 
 
@@ -95,6 +105,7 @@ def main() -> None:
     p.add_argument("--envs", type=int, nargs="+", default=[1, 64, 1024, 4096])
     p.add_argument("--sg-steps", type=int, default=2000)
     p.add_argument("--families", nargs="+", default=None)
+    p.add_argument("--device", default="cpu", help="where the built-in families step (cpu, cuda)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     names = args.families or [n for n in env_registry.names() if not n.startswith("sg-")]
@@ -102,8 +113,8 @@ def main() -> None:
                                                                 "SG with resets", f"ratio @{max(args.envs)}"]
     rows = []
     for name in names:
-        rates = [builtin_rate(name, n) for n in args.envs]
-        collect = collection_rate(name)
+        rates = [builtin_rate(name, n, args.device) for n in args.envs]
+        collect = collection_rate(name, device=args.device)
         twin = SG_TWINS.get(name)
         sg = sg_rates(twin, args.sg_steps) if twin else (float("nan"), float("nan"))
         ratio = rates[-1] / sg[0] if twin else float("nan")
@@ -111,7 +122,7 @@ def main() -> None:
                      *(f"{x:,.0f}" if twin else "-" for x in sg), f"{ratio:,.0f}x" if twin else "-"])
         print(" | ".join(rows[-1]), flush=True)
     print()
-    print(f"env-steps/s, torch threads = {args.threads}, OMP_WAIT_POLICY = {os.environ['OMP_WAIT_POLICY']}, "
+    print(f"env-steps/s on {args.device}, torch threads = {args.threads}, OMP_WAIT_POLICY = {os.environ['OMP_WAIT_POLICY']}, "
           f"torch {torch.__version__}")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

@@ -12,8 +12,7 @@ For each algo x family x envs-per-task ("preset": the family's overlay; a number
 - the iteration's wall time split by phase, each phase's own time (nested calls belong to the innermost):
   collect, critic fit (fits and GAE annotation), inner step, outer update (the meta-gradient, the meta line
   search, without the inner steps it replays), other;
-- peak resident memory of the process (and peak CUDA memory on ``--device cuda``, once the trainer runs on CUDA:
-  today it refuses any device but the CPU, `safemeta.training.trainer.check_device`).
+- peak resident memory of the process (and peak CUDA memory on ``--device cuda``; not yet run on a GPU).
 """
 from __future__ import annotations
 

@@ -103,8 +103,8 @@ class PointCircle(TaskFamily):
         return {"r_c": draw(rng, ranges.r_c), "s": draw(rng, ranges.s)}
 
     def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> CircleEnv:
-        r_c = torch.tensor([t.params["r_c"] for t in tasks])
-        wall = r_c * torch.tensor([t.params["s"] for t in tasks])
+        r_c = torch.tensor([t.params["r_c"] for t in tasks], device="cpu")
+        wall = r_c * torch.tensor([t.params["s"] for t in tasks], device="cpu")
         return CircleEnv("point", r_c, wall, [], 0.0, self.cfg.horizon, envs_per_task, device, seed)
 
 
@@ -158,7 +158,7 @@ class CarCircleHazard(TaskFamily):
         return np.array(out, dtype=np.float32).reshape(n, 2)
 
     def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> CircleEnv:
-        r_c = torch.tensor([t.params["r_c"] for t in tasks])
-        wall = r_c * torch.tensor([t.params["s"] for t in tasks])
+        r_c = torch.tensor([t.params["r_c"] for t in tasks], device="cpu")
+        wall = r_c * torch.tensor([t.params["s"] for t in tasks], device="cpu")
         return CircleEnv("car", r_c, wall, [self.hazards(t.params) for t in tasks],
                          self.cfg.hazard_radius, self.cfg.horizon, envs_per_task, device, seed)

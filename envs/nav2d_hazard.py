@@ -73,7 +73,7 @@ class Nav2DHazard(TaskFamily):
         return {k: draw(rng, getattr(r, k)) for k in ("bearing", "distance", "hazard_fraction", "hazard_radius")}
 
     def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> Nav2DHazardEnv:
-        p = {k: torch.tensor([t.params[k] for t in tasks]) for k in tasks[0].params}
+        p = {k: torch.tensor([t.params[k] for t in tasks], device="cpu") for k in tasks[0].params}
         goal = p["distance"].unsqueeze(-1) * torch.stack([p["bearing"].cos(), p["bearing"].sin()], -1)
         return Nav2DHazardEnv(goal, p["hazard_fraction"].unsqueeze(-1) * goal, p["hazard_radius"], self.cfg.horizon,
                               envs_per_task, device, seed)

@@ -78,8 +78,8 @@ class TinyNav(TaskFamily):
                 "hazard_shift": float(rng.uniform(-self.cfg.hazard_jitter, self.cfg.hazard_jitter))}
 
     def make(self, tasks: list[Task], envs_per_task: int, device: str = "cpu", seed: int = 0) -> TinyNavEnv:
-        angle = torch.tensor([t.params["angle"] for t in tasks])
-        shift = torch.tensor([t.params["hazard_shift"] for t in tasks])
+        angle = torch.tensor([t.params["angle"] for t in tasks], device="cpu")
+        shift = torch.tensor([t.params["hazard_shift"] for t in tasks], device="cpu")
         direction = torch.stack([angle.cos(), angle.sin()], -1)
         normal = torch.stack([-angle.sin(), angle.cos()], -1)
         goal = self.cfg.goal_dist * direction

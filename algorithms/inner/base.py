@@ -48,6 +48,7 @@ class InnerSolver(ABC):
     supports_differentiable: ClassVar[bool] = False
     supports_step_size: ClassVar[bool] = False
     policy_kinds: ClassVar[tuple[str, ...]] = ("gaussian",)
+    device: torch.device = torch.device("cpu")  # where per-task state lives; the trainer sets ``trainer.device``
 
     def __init__(self, cfg: Any, actor: GaussianActor):
         self.cfg = cfg
@@ -55,13 +56,15 @@ class InnerSolver(ABC):
         self.actor_fn = batched(actor)
 
     def init_state(self, n_tasks: int, cost_limit: float | Tensor, **overrides: Tensor) -> State:
-        """Fresh per-task state; ``overrides`` (e.g. ``lagrange`` from a meta multiplier) replace defaults."""
-        d = torch.as_tensor(cost_limit, dtype=torch.float32).expand(n_tasks).clone()
-        state = {"cost_limit": d, **self.default_state(n_tasks)}
+        """Fresh per-task state on ``self.device``; ``overrides`` (e.g. ``lagrange`` from a meta multiplier) replace
+        defaults. `default_state` runs with ``self.device`` as the default device of its factory calls."""
+        with torch.device(self.device):
+            d = torch.as_tensor(cost_limit, dtype=torch.float32, device=self.device).expand(n_tasks).clone()
+            state = {"cost_limit": d, **self.default_state(n_tasks)}
         for k, v in overrides.items():
             if k not in state:
                 raise KeyError(f"{type(self).__name__} has no state '{k}' (has: {', '.join(state)})")
-            state[k] = torch.as_tensor(v, dtype=torch.float32).expand(n_tasks).clone()
+            state[k] = torch.as_tensor(v, dtype=torch.float32, device=self.device).expand(n_tasks).clone()
         return state
 
     def default_state(self, n_tasks: int) -> State:

@@ -62,8 +62,8 @@ def _qpth_step(g: Tensor, a: Tensor, b: Tensor, lam: Tensor) -> Tensor:
     from qpth.qp import QPFunction, QPSolvers
 
     n, p = g.shape
-    eye = torch.eye(p, dtype=torch.float64).expand(n, p, p)
+    eye = torch.eye(p, dtype=torch.float64, device=g.device).expand(n, p, p)
     q_mat = lam.double().reshape(n, 1, 1) * eye
-    empty = torch.empty(0, dtype=torch.float64)
+    empty = torch.empty(0, dtype=torch.float64, device=g.device)
     return QPFunction(verbose=-1, eps=1e-12, maxIter=50, solver=QPSolvers.PDIPM_BATCHED)(
         q_mat, -g.double(), a.double().unsqueeze(1), -b.double().unsqueeze(1), empty, empty)

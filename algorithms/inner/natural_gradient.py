@@ -117,8 +117,8 @@ def backtracking_line_search(params: Params, full_step: Tensor, accept: Callable
     """
     start = detach(params)
     n = full_step.shape[0]
-    accepted = torch.zeros(n, dtype=torch.bool)
-    fraction = torch.zeros(n)
+    accepted = torch.zeros(n, dtype=torch.bool, device=full_step.device)
+    fraction = torch.zeros(n, device=full_step.device)
     new = start
     for j in range(max_backtracks):
         frac = decay**j

@@ -144,18 +144,19 @@ class MinibatchSolver(InnerSolver):
         samples, size, gens = self.minibatch_plan(batch)
         old = detach(params)
         terms = self.whole_batch_terms(old, batch, state)
-        rows = torch.arange(n).unsqueeze(1)
+        device = batch.logp.device
+        rows = torch.arange(n, device=device).unsqueeze(1)
         x = flat(old).clone()  # [N, P]: Adam runs on the flat stack, one optimizer per row
         m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
-        active = torch.ones(n, dtype=torch.bool)
-        epochs_run = torch.zeros(n)
+        active = torch.ones(n, dtype=torch.bool, device=device)
+        epochs_run = torch.zeros(n, device=device)
         steps, cap, limit = 0, cfg.max_minibatches, self.early_stop_kl
         with torch.enable_grad():
             for _ in range(cfg.epochs):
                 if size < samples:
-                    perm = torch.stack([torch.randperm(samples, generator=g) for g in gens])
+                    perm = torch.stack([torch.randperm(samples, generator=g, device=g.device) for g in gens]).to(device)
                 else:
-                    perm = torch.arange(samples).expand(n, samples)
+                    perm = torch.arange(samples, device=device).expand(n, samples)
                 # one gather per pass; the minibatches are then contiguous slices of it
                 shuffled = {k: v[rows, perm] for k, v in terms.items()}
                 for start in range(0, samples, size):
@@ -177,7 +178,7 @@ class MinibatchSolver(InnerSolver):
             gain = self.evaluate(x, old, terms, state) - self.evaluate(flat(old), old, terms, state)
             kl = self.mean_kl(old, p, batch)
         info = {"kl": kl, self.gain_key: gain, "epochs": epochs_run,
-                "early_stopped": (~active).float() if limit > 0 else torch.zeros(n)}
+                "early_stopped": (~active).float() if limit > 0 else torch.zeros(n, device=device)}
         return p, {**info, **self.step_info(p, batch, terms)}
 
     def step_info(self, new: Params, batch: Batch, terms: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -151,7 +151,7 @@ class DCOCPO(OuterUpdater):
         terms = meta_gradients(self.ctx.inner, self.ctx.meta.theta, result, self.cfg.meta_grad == "first_order",
                                **self.constraint)
         return {name: value * n for name, value in zip(("grad_f", "grad_g", "f", "g"), terms)} | {
-            "n": torch.tensor(float(n))}
+            "n": torch.tensor(float(n), device=result.batches[-1].rew.device)}
 
     def line_search(self, theta1: Params, step: Tensor, meta_batch: Batch,
                     replay_ok: Callable[[Params], bool] | None) -> tuple[float, Tensor]:
@@ -159,7 +159,7 @@ class DCOCPO(OuterUpdater):
         (Fisher metric) and ``replay_ok`` (the replayed objectives' rule) holds; theta takes the first such
         candidate. Returns the fraction taken (0: none, theta unchanged) and the last candidate's KL."""
         cfg = self.cfg
-        frac, kl = 0.0, torch.zeros(())
+        frac, kl = 0.0, torch.zeros((), device=step.device)
         for j in range(cfg.max_backtracks):
             cand = add(theta1, unflat(step, theta1), cfg.backtrack_decay**j)
             with torch.no_grad():

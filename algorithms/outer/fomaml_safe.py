@@ -144,11 +144,11 @@ class FOMAMLSafe(FOMAML):
         self.cost_gamma = float(ctx.critics.cfg.cost_gamma)
 
     def inner_overrides(self, tasks: list[Task]) -> dict[str, Tensor]:
-        return {"lagrange": torch.tensor(self.lagrange)} if self.inner_has_lagrange else {}
+        return {"lagrange": torch.tensor(self.lagrange, device=self.ctx.inner.device)} if self.inner_has_lagrange else {}
 
     def inherited_state(self, tasks: list[Task]) -> dict[str, Tensor]:
         """The meta lambda, for any fine-tuning solver with a multiplier (not only the run's own)."""
-        return {"lagrange": torch.tensor(self.lagrange)}
+        return {"lagrange": torch.tensor(self.lagrange, device=self.ctx.inner.device)}
 
     def initial_critics(self, n_tasks: int) -> CriticParams:
         """The carried V_R and V_C; without the safety critic, V_C's place is taken by the fixed random init."""
@@ -166,7 +166,8 @@ class FOMAMLSafe(FOMAML):
     def meta_gradient(self, result: AdaptationResult, meta_batch: Batch) -> Tensor:
         """g of eq. 21 minus eta times the safety critic's term (eq. 14 / 30), ``[1, P]``."""
         n = result.batches[-1].n_tasks
-        lagrange = result.state["lagrange"] if self.inner_has_lagrange else torch.full((n,), self.lagrange)
+        lagrange = result.state["lagrange"] if self.inner_has_lagrange else \
+            torch.full((n,), self.lagrange, device=result.batches[-1].rew.device)
         grad = lagrangian_meta_gradient(result, self.ctx.inner.surrogate, lagrange)
         if self.uses_eta and self.eta > 0:
             grad = grad - self.eta * self.safety_gradient(meta_batch)

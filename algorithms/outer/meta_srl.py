@@ -100,7 +100,7 @@ def episode_starts(batch: Batch) -> Tensor:
 def discounted_visitation(batch: Batch, gamma: float) -> Tensor:
     """Weights ``[N, T, E]`` summing to one per task: gamma^(step within the episode), normalized."""
     start = episode_starts(batch)
-    step = torch.zeros(batch.rew.shape)
+    step = torch.zeros_like(batch.rew)
     for i in range(1, step.shape[1]):
         step[:, i] = torch.where(start[:, i], 0.0, step[:, i - 1] + 1)
     w = gamma ** step
@@ -128,7 +128,7 @@ def handed_out(inner, result: AdaptationResult) -> tuple[dict, Tensor]:
     (`latest_within_limit`), K where none has; with ``last``, K."""
     k_last = len(result.params) - 1
     n = next(iter(result.params[-1].values())).shape[0]
-    idx = torch.full((n,), k_last, dtype=torch.long)
+    idx = torch.full((n,), k_last, dtype=torch.long, device=result.state["cost_limit"].device)
     if inner.output_rule != "last":
         limit = result.state["cost_limit"] + inner.tolerance
         for k, batch in zip(range(k_last + 1), result.batches):
@@ -156,12 +156,12 @@ def policy_target(actor_fn, pi_hat: dict, states: Tensor, keep: int, gen: torch.
     proportion to them (with replacement): an unbiased sample of the weighted state distribution."""
     flat_states = states.reshape(-1, states.shape[-1])
     if weights is None:
-        idx = torch.randperm(len(flat_states), generator=gen)[:keep]
+        idx = torch.randperm(len(flat_states), generator=gen, device=gen.device)[:keep]
     else:
         w = weights.reshape(-1).double().clamp(min=0.0)
         w = w if float(w.sum()) > 0 else torch.ones_like(w)
-        idx = torch.multinomial(w, keep, replacement=True, generator=gen)
-    kept = flat_states[idx]
+        idx = torch.multinomial(w.to(gen.device), keep, replacement=True, generator=gen)  # on the generator's device
+    kept = flat_states[idx.to(flat_states.device)]
     with torch.no_grad():
         mean, log_std = actor_fn({k: v.detach() for k, v in pi_hat.items()}, kept.unsqueeze(0))
     return PolicyTarget(kept, mean[0], log_std[0])
@@ -178,16 +178,19 @@ class _Pooled:
 def _pool(targets: list[PolicyTarget], task_weights: Tensor | None, max_states: int | None,
           gen: torch.Generator | None) -> _Pooled:
     """All targets' states with weights w_tau / (|S_tau| sum w); more than ``max_states``: a weighted resample."""
-    tw = torch.ones(len(targets)) if task_weights is None else torch.as_tensor(task_weights, dtype=torch.float32)
+    device = targets[0].states.device
+    tw = torch.ones(len(targets), device=device) if task_weights is None else \
+        torch.as_tensor(task_weights, dtype=torch.float32, device=device)
     tw = tw / tw.sum()
-    weights = torch.cat([torch.full((len(g.states),), float(w) / len(g.states)) for g, w in zip(targets, tw)])
+    weights = torch.cat([torch.full((len(g.states),), float(w) / len(g.states), device=device)
+                         for g, w in zip(targets, tw)])
     pooled = _Pooled(torch.cat([g.states for g in targets]), torch.cat([g.mean for g in targets]),
                      torch.cat([g.log_std for g in targets]), weights)
     if max_states is not None and len(weights) > max_states:
-        idx = torch.multinomial(weights.double(), max_states, replacement=True,
-                                generator=gen if gen is not None else torch.Generator().manual_seed(0))
+        idx = torch.multinomial(weights.double().cpu(), max_states, replacement=True,  # a CPU generator's draw
+                                generator=gen if gen is not None else torch.Generator().manual_seed(0)).to(device)
         pooled = _Pooled(pooled.states[idx], pooled.mean[idx], pooled.log_std[idx],
-                         torch.full((max_states,), 1.0 / max_states))
+                         torch.full((max_states,), 1.0 / max_states, device=device))
     return pooled
 
 
@@ -281,7 +284,7 @@ class NeuralOnlineDualDICE(OuterUpdater):
         self.t = 0
 
     def inner_overrides(self, tasks: list[Task]) -> dict[str, Tensor]:
-        return {"step_size": torch.full((len(tasks),), self.alpha)}
+        return {"step_size": torch.full((len(tasks),), self.alpha, device=self.ctx.inner.device)}
 
     def weighted_kl(self, target: dict, params: dict, batch: Batch, weights: Tensor) -> Tensor:
         """sum over samples of w * KL(pi_target(.|s) || pi_params(.|s)), per task ``[N]``."""
@@ -295,13 +298,14 @@ class NeuralOnlineDualDICE(OuterUpdater):
     def dualdice_weights(self, pi_hat: dict, data: Batch, gamma: float) -> tuple[Tensor, float]:
         """Per-sample max(w, 0) / sum, w = d^{pi_hat} / d^D by feature DualDICE on ``data`` (one task per row)."""
         cfg = self.cfg
-        out, means = torch.zeros(data.rew.shape), []
+        out, means = torch.zeros_like(data.rew), []
         for i in range(data.n_tasks):
             obs, act, nxt = data.obs[i].flatten(0, 1), data.act[i].flatten(0, 1), data.next_obs[i].flatten(0, 1)
             obs0 = data.obs[i][episode_starts(data)[i]]
             x = torch.cat([obs, act], -1)
             mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
-            sub = (x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:512]] - mu) / sd
+            pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(0), device="cpu")[:512]
+            sub = (x[pick.to(x.device)] - mu) / sd
             bandwidth = float(torch.cdist(sub, sub).median().clamp(min=1e-3)) * cfg.rff_bandwidth
             rff = RandomFourierFeatures(x.shape[-1], cfg.rff_features, bandwidth, seed=self.t)
             feat = lambda o, a: rff((torch.cat([o, a], -1) - mu) / sd)  # noqa: E731
@@ -353,7 +357,8 @@ class NeuralOnlineDualDICE(OuterUpdater):
                                                   final.obs[i], cfg.target_states, gen, weights[i]))
             theta = {k: v.detach() for k, v in meta.theta.items()}
             res = distill_mixture(self.ctx.inner.actor_fn, theta, self.targets, cfg.distill_iters, cfg.lr_phi,
-                                  task_weights=torch.as_tensor(task_weights(cfg, len(self.targets)), dtype=torch.float32),
+                                  task_weights=torch.as_tensor(task_weights(cfg, len(self.targets)), dtype=torch.float32,
+                                                               device=self.ctx.inner.device),
                                   tol=cfg.distill_tol, check_iters=cfg.leader_check_iters,
                                   max_states=cfg.leader_states, gen=gen)
             with torch.no_grad():

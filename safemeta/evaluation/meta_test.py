@@ -79,7 +79,9 @@ def fine_tuning_solver(trainer, spec: MetaTestSpec):
                         f"'{spec.inner}' updates {', '.join(cls.policy_kinds)} actors). Solvers that can: "
                         f"{', '.join(able) or '(none)'}.")
     settings = family_solver_config(trainer.cfg.env, spec.inner)
-    return cls(settings, trainer.actor), {"name": spec.inner, "view": "common", "settings": to_dict(settings)}
+    solver = cls(settings, trainer.actor)
+    solver.device = trainer.inner.device
+    return solver, {"name": spec.inner, "view": "common", "settings": to_dict(settings)}
 
 
 def initial_critics(trainer, spec: MetaTestSpec, n: int) -> CriticParams:
@@ -129,7 +131,7 @@ def meta_test(trainer, spec: MetaTestSpec, device: str = "cpu") -> dict:
                            spec.episodes_per_env, torch.Generator().manual_seed(spec.seed), final_rollout=False)
     eval_venv = family.make(tasks, spec.episodes, device, seed=spec.seed + EVAL_SEED_OFFSET)
     eval_gen = torch.Generator().manual_seed(spec.seed + EVAL_SEED_OFFSET)
-    paid = torch.zeros(n)
+    paid = torch.zeros(n, device=solver.device)
     steps = []
     for k in range(spec.adapt_steps + 1):
         scored = collector.collect(handed_out(solver, result, k), eval_venv, 1, eval_gen)
@@ -148,7 +150,7 @@ def meta_test(trainer, spec: MetaTestSpec, device: str = "cpu") -> dict:
                 "eval_episodes": spec.episodes, "adapt_batch": {"envs_per_task": spec.envs_per_task,
                                                                 "episodes_per_env": spec.episodes_per_env},
                 "multipliers": spec.multipliers, "critics": spec.critics, "twin": family.name if spec.twin else "",
-                "inherited": {k: float(torch.as_tensor(v).float().mean()) for k, v in inherited.items()},
+                "inherited": {k: float(torch.as_tensor(v, device="cpu").float().mean()) for k, v in inherited.items()},
                 "scored_on": "fresh episodes"}
     return {"family": family.name, "split": "test", "cost_limit": limit, "spec": asdict(spec), "protocol": protocol,
             "tasks": [t.params for t in tasks], "env_steps_per_step": result.batches[0].env_steps if result.batches

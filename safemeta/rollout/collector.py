@@ -42,7 +42,7 @@ class Collector:
     def collect(self, params: Params, venv: VecCMDP, episodes_per_env: int, gen: torch.Generator) -> Batch:
         n, e = venv.n_tasks, venv.envs_per_task
         steps = episodes_per_env * venv.horizon
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
         mean_fn, log_std = bound_actor(self.actor, {k: v.detach() for k, v in params.items()})
         log_std = log_std.reshape(n, 1, -1).expand(n, e, -1).contiguous()
         std = log_std.exp()
@@ -57,7 +57,9 @@ class Collector:
         # it returns lives in `_Buffers`' ordinary tensors, written in place, so solvers may differentiate through it
         with torch.inference_mode():
             for t in range(steps):
-                noise = torch.randn(std.shape, generator=gen)
+                noise = torch.randn(std.shape, generator=gen, device=gen.device)
+                if noise.device != std.device:  # the run's generator is a CPU one; the env's tensors may live elsewhere
+                    noise = noise.to(std.device)
                 act = torch.mul(std, noise).add_(mean_fn(obs.reshape(n, e, -1))).view(n * e, -1)
                 nxt_raw, rew, cost, term, trunc, info = step(act)
                 fin_raw = info["final_obs"]  # the same tensor as nxt_raw when no env finished an episode

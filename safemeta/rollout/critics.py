@@ -126,7 +126,8 @@ class Critics:
         gen = torch.Generator().manual_seed(SHUFFLE_SEED + seed)
         out: list[Tensor] = []
         while len(out) < total:
-            perm = torch.randperm(samples, generator=gen) if size < samples else torch.arange(samples)
+            perm = torch.randperm(samples, generator=gen, device=gen.device) if size < samples else \
+                torch.arange(samples, device=gen.device)
             out.extend(perm[i:i + size] for i in range(0, samples, size))
         return out[:total]
 
@@ -140,7 +141,7 @@ class Critics:
         # seeded by the batch's data (not a run's random stream): a capped fit leaves out different samples
         # from one batch to the next, and the same batch is fitted the same way wherever it is fitted
         seed = int(batch.rew.detach().abs().sum().double().mul(1000).remainder(2**31))
-        steps = self.minibatches(t * e, cap, seed) if self.cfg.epochs else []
+        steps = [idx.to(obs.device) for idx in self.minibatches(t * e, cap, seed)] if self.cfg.epochs else []
         if steps:
             # fused: one kernel per step for all parameters (0.2-0.3 ms less per step on CPU at these sizes)
             opt = torch.optim.Adam(list(both.values()), lr=self.cfg.lr, fused=True)

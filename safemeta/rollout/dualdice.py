@@ -124,7 +124,7 @@ def feature_dualdice(phi: Tensor, phi_next_pi: Tensor, phi0_pi: Tensor, gamma: f
     b = x.T @ x / n
     c = x.T @ (x - gamma * xn) / n
     m0 = x0.mean(0)
-    eye = torch.eye(k, dtype=torch.float64)
+    eye = torch.eye(k, dtype=torch.float64, device=x.device)
     b_reg = b + ridge * b.diagonal().mean().clamp(min=1e-12) * eye
     b_inv_c = torch.linalg.solve(b_reg, c)
     a = c.T @ b_inv_c
@@ -138,11 +138,13 @@ class RandomFourierFeatures:
     (Rahimi & Recht 2007): a fixed feature map of concatenated (state, action) vectors."""
 
     def __init__(self, in_dim: int, n_features: int = 256, bandwidth: float = 1.0, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.w = torch.randn(in_dim, n_features, generator=g) / bandwidth
-        self.b = torch.rand(n_features, generator=g) * 2 * np.pi
+        g = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same features on every device
+        self.w = torch.randn(in_dim, n_features, generator=g, device="cpu") / bandwidth
+        self.b = torch.rand(n_features, generator=g, device="cpu") * 2 * np.pi
         self.scale = (2.0 / n_features) ** 0.5
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.w.device != x.device:
+            self.w, self.b = self.w.to(x.device), self.b.to(x.device)
         feats = self.scale * torch.cos(x @ self.w + self.b)
-        return torch.cat([feats, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], dim=-1)
+        return torch.cat([feats, torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)], dim=-1)

@@ -13,10 +13,10 @@ from torch import Tensor
 
 
 class RunningObsNorm:
-    def __init__(self, obs_dim: int, clip: float = 5.0, eps: float = 1e-8):
+    def __init__(self, obs_dim: int, clip: float = 5.0, eps: float = 1e-8, device: str | torch.device = "cpu"):
         self.clip, self.eps = float(clip), float(eps)
-        self.mean = torch.zeros(obs_dim, dtype=torch.float64)
-        self.var = torch.ones(obs_dim, dtype=torch.float64)
+        self.mean = torch.zeros(obs_dim, dtype=torch.float64, device=device)
+        self.var = torch.ones(obs_dim, dtype=torch.float64, device=device)
         self.count = 0.0
         self._cached: tuple | None = None
         self.discard()
@@ -78,5 +78,7 @@ class RunningObsNorm:
         return {"mean": self.mean.clone(), "var": self.var.clone(), "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mean, self.var, self.count = state["mean"].clone(), state["var"].clone(), float(state["count"])
+        device = self.mean.device
+        self.mean, self.var = state["mean"].to(device, copy=True), state["var"].to(device, copy=True)
+        self.count = float(state["count"])
         self.discard()

@@ -89,7 +89,7 @@ def finite_step(inner: InnerSolver, params: Params, batch: Batch, state: State, 
                 ) -> tuple[Params, State, dict[str, Tensor]]:
     """``inner.step``, undone per task where it produced a non-finite parameter or state value."""
     new_params, new_state, info = inner.step(params, batch, state, differentiable=differentiable)
-    ok = torch.ones(batch.n_tasks, dtype=torch.bool)
+    ok = torch.ones(batch.n_tasks, dtype=torch.bool, device=next(iter(params.values())).device)
     for v in (*new_params.values(), *new_state.values()):
         if v.is_floating_point():
             ok &= torch.isfinite(v.detach()).reshape(v.shape[0], -1).all(1)

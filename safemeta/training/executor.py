@@ -60,7 +60,7 @@ def split_jobs(tasks: list[Task], state: dict[str, Tensor], critics: CriticParam
     bounds = shard_bounds(len(tasks), shards)
     if len(bounds) == 1:
         return [ShardJob(tasks, state, critics, venv_seed, None, steps, final_rollout, differentiable)]
-    gen_seeds = torch.randint(0, 2**62, (len(bounds),), generator=gen).tolist()
+    gen_seeds = torch.randint(0, 2**62, (len(bounds),), generator=gen, device=gen.device).tolist()
     jobs = []
     for i, (lo, hi) in enumerate(bounds):
         part = slice(lo, hi)

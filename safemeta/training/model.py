@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 
 from safemeta.rollout.batch import Batch
 from safemeta.config.schema import Config
@@ -42,16 +43,22 @@ class MetaParams:
 
 
 def build_modules(cfg: Config, obs_dim: int, act_dim: int) -> tuple[GaussianActor, Critics]:
-    actor = GaussianActor(obs_dim, act_dim, cfg.policy.hidden_sizes, cfg.policy.activation, cfg.policy.init_log_std)
-    return actor, Critics(obs_dim, cfg.critic)
+    """The architectures (their own parameters, on the CPU, only seed the initializations: the run's parameters
+    live outside them, on ``trainer.device``)."""
+    with torch.device("cpu"):
+        actor = GaussianActor(obs_dim, act_dim, cfg.policy.hidden_sizes, cfg.policy.activation, cfg.policy.init_log_std)
+        return actor, Critics(obs_dim, cfg.critic)
 
 
 def init_meta_params(actor: GaussianActor, critics: Critics, obs_dim: int, cfg: Config) -> MetaParams:
-    """Fresh theta and critic initializations (drawn from torch's global RNG, seeded by the trainer)."""
-    theta = {k: v.requires_grad_(True) for k, v in init_params(actor).items()}
-    reward = init_params(Critic(obs_dim, cfg.critic.hidden_sizes, cfg.critic.activation))
-    cost = init_params(Critic(obs_dim, cfg.critic.hidden_sizes, cfg.critic.activation))
-    return MetaParams(theta, reward, cost)
+    """Fresh theta and critic initializations (drawn from torch's global RNG, seeded by the trainer, on the CPU,
+    then moved to ``trainer.device``: the same numbers on every device)."""
+    device = cfg.trainer.device
+    with torch.device("cpu"):
+        critic = lambda: Critic(obs_dim, cfg.critic.hidden_sizes, cfg.critic.activation)  # noqa: E731
+        theta, reward, cost = init_params(actor), init_params(critic()), init_params(critic())
+    to = lambda p: {k: v.to(device) for k, v in p.items()}  # noqa: E731
+    return MetaParams({k: v.requires_grad_(True) for k, v in to(theta).items()}, to(reward), to(cost))
 
 
 def stacked_theta(meta: MetaParams, n: int, keep_graph: bool = False) -> Params:

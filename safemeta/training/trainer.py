@@ -49,17 +49,28 @@ def planned_iterations(cfg: Config) -> int:
     return cfg.trainer.iters if registry.outer.get(cfg.outer).needs_rollouts else 0
 
 
-SUPPORTED_DEVICES = ("cpu",)
-
-
 def check_device(device: str) -> None:
-    """Refuse a ``trainer.device`` the trainer cannot run on, naming the valid choices (a clear error instead of a
-    device mismatch deep in a rollout). CUDA is not supported yet: the meta-parameters, the collector's noise and
-    the solvers' per-task bookkeeping are created on the CPU (issue 16, item 4, is open)."""
-    if device not in SUPPORTED_DEVICES:
-        why = "is not supported by the trainer yet (it keeps its parameters on the CPU)" \
-            if str(device).startswith("cuda") else "is not a device the trainer knows"
-        raise UserError(f"trainer.device '{device}' {why}; valid: {', '.join(SUPPORTED_DEVICES)}.")
+    """Refuse a ``trainer.device`` this machine cannot run on, naming the valid choices (a clear error instead of a
+    failure deep in a rollout): ``cpu``, or ``cuda`` / ``cuda:N`` where torch sees that GPU.
+
+    Every tensor the trainer creates is created on an explicit device (tests/test_device.py runs every preset with
+    the default device set to ``meta``, so an implicit one fails). The GPU tests skip on machines without CUDA,
+    and no GPU was lent to the session that wrote this, so CUDA runs have not been checked on a GPU yet."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"trainer.device '{device}' is not a device; valid: cpu, cuda, cuda:N.") from None
+    if dev.type == "cpu":
+        return
+    if dev.type != "cuda":
+        raise UserError(f"trainer.device '{device}': the trainer runs on cpu or cuda, not {dev.type}; valid: cpu, "
+                        "cuda, cuda:N.")
+    if not torch.cuda.is_available():
+        raise UserError(f"trainer.device '{device}': torch sees no CUDA device on this machine "
+                        "(torch.cuda.is_available() is false); valid here: cpu.")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"trainer.device '{device}': this machine has {torch.cuda.device_count()} CUDA device(s); "
+                        f"valid: cpu, cuda, cuda:0 .. cuda:{torch.cuda.device_count() - 1}.")
 
 
 class MetaTrainer:
@@ -74,8 +85,9 @@ class MetaTrainer:
         self.actor, self.critics = build_modules(cfg, self.obs_dim, self.act_dim)
         self.meta: MetaParams = init_meta_params(self.actor, self.critics, self.obs_dim, cfg)
         self.inner = registry.inner.get(cfg.inner)(cfg.inner_params, self.actor)
+        self.inner.device = torch.device(cfg.trainer.device)
         pc = cfg.policy
-        self.obs_norm = RunningObsNorm(self.obs_dim, pc.obs_clip) if pc.obs_normalize else None
+        self.obs_norm = RunningObsNorm(self.obs_dim, pc.obs_clip, device=cfg.trainer.device) if pc.obs_normalize else None
         self.adapter = Adapter(Collector(self.actor, self.obs_norm), self.critics, self.inner)
         outer_cls: type[OuterUpdater] = registry.outer.get(cfg.outer)
         self.outer = outer_cls(cfg.outer_params, OuterContext(self.inner, self.critics, self.meta, cfg, self.family))
@@ -150,7 +162,9 @@ class MetaTrainer:
         with torch.no_grad():  # the same leaf tensors: the outer optimizer holds references to them
             for k, p in self.meta.theta.items():
                 p.copy_(loaded.theta[k])
-        self.meta.critic_reward, self.meta.critic_cost = loaded.critic_reward, loaded.critic_cost
+        device = self.cfg.trainer.device  # checkpoints load on the CPU
+        self.meta.critic_reward = {k: v.to(device) for k, v in loaded.critic_reward.items()}
+        self.meta.critic_cost = {k: v.to(device) for k, v in loaded.critic_cost.items()}
         self.outer.load_state_dict(outer_state)
 
     # -- checkpoint state ---------------------------------------------------------------------
