@@ -177,7 +177,13 @@ def test_a_collected_batch_and_its_env_work_outside_the_collectors_inference_mod
     """The step loop runs in inference mode; the batch it returns is made of ordinary tensors (a solver's autograd
     graph may save them), and the env keeps stepping outside inference mode afterwards."""
     actor, params, (venv, _) = _setup(name, 2, 2, horizon=70)
-    batch = Collector(actor, RunningObsNorm(venv.obs_dim)).collect(params, venv, 2, torch.Generator().manual_seed(0))
+    norm = RunningObsNorm(venv.obs_dim)
+    batch = Collector(actor, norm).collect(params, venv, 2, torch.Generator().manual_seed(0))
+    n, total, total_sq = norm.pending()  # a Ray worker's moments merged into the driver's, outside inference mode
+    norm.add_pending(n, total, total_sq)
+    norm.observe(batch.obs[0, 0])
+    norm.commit()
+    assert not norm.mean.is_inference() and norm.count == 2 * n + 2
     for k in (*FIELDS, "ep_return", "ep_cost", "ep_count"):
         assert not getattr(batch, k).is_inference(), k
     p = {k: v.clone().requires_grad_(True) for k, v in params.items()}

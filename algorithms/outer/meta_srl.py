@@ -394,4 +394,6 @@ class NeuralOnlineDualDICE(OuterUpdater):
     def load_state_dict(self, state: dict) -> None:
         self.alpha, self.history, self.t = state["alpha"], state["history"], state["t"]
         self.opt.load_state_dict(state["opt"])
-        self.targets = [PolicyTarget(*g) for g in state.get("targets", [])]
+        device = self.ctx.inner.device  # checkpoints load on the CPU
+        self.targets = [PolicyTarget(*(x.to(device) if isinstance(x, torch.Tensor) else x for x in g))
+                        for g in state.get("targets", [])]

@@ -51,4 +51,5 @@ class Pooled(OuterUpdater):
         return {"state": self.state}
 
     def load_state_dict(self, state: dict) -> None:
-        self.state = state["state"]  # a checkpoint from before the critics moved to MetaParams also has "critics"
+        # (a checkpoint from before the critics moved to MetaParams also has "critics"); checkpoints load on the CPU
+        self.state = {k: v.to(self.ctx.inner.device) for k, v in state["state"].items()}

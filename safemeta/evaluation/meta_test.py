@@ -229,13 +229,14 @@ def solver_endpoint(trainer, n_tasks: int, steps: int, envs_per_task: int, eval_
 
     family, adapter, inner = trainer.family, trainer.adapter, trainer.inner
     tasks = family.sample(n_tasks, "train", np.random.default_rng(seed))
-    venv = family.make(tasks, envs_per_task, "cpu", seed)
+    device = trainer.cfg.trainer.device
+    venv = family.make(tasks, envs_per_task, device, seed)
     res = adapter.adapt(stacked_theta(trainer.meta, n_tasks), venv, steps, inner.init_state(n_tasks, family.cost_limit),
                         trainer.meta.critics_for(n_tasks), trainer.cfg.trainer.episodes_per_env,
                         torch.Generator().manual_seed(seed), final_rollout=False)
     candidates = {"last": res.params[-1], "feasible": latest_within_limit(res, inner.tolerance),
                   "initial": res.params[0]}
-    eval_venv = family.make(tasks, eval_envs, "cpu", 1000 + seed)
+    eval_venv = family.make(tasks, eval_envs, device, 1000 + seed)
     out: dict = {"cost_limit": family.cost_limit,
                  "constrained_J_last_batch": res.batches[-1].ep_constraint_cost.tolist()}
     for name, params in candidates.items():

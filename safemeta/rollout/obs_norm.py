@@ -37,8 +37,10 @@ class RunningObsNorm:
     def observe(self, obs: Tensor) -> None:
         x = obs.detach().reshape(-1, obs.shape[-1]).to(torch.float64)
         self._n += x.shape[0]
-        self._sum += x.sum(0)
-        self._sumsq += x.pow(2).sum(0)
+        # out of place: the sums may be inference tensors (the collector observes in inference mode), which
+        # cannot be updated in place outside it
+        self._sum = self._sum + x.sum(0)
+        self._sumsq = self._sumsq + x.pow(2).sum(0)
 
     def observe_steps(self, obs: Tensor) -> None:
         """`observe` of ``obs[0], obs[1], ...`` in turn (``obs[k, ..., obs_dim]``, k steps of a collection) in a fixed
@@ -68,8 +70,8 @@ class RunningObsNorm:
 
     def add_pending(self, n: int, total: Tensor, total_sq: Tensor) -> None:
         self._n += n
-        self._sum += total
-        self._sumsq += total_sq
+        self._sum = self._sum + total  # out of place, as in `observe`
+        self._sumsq = self._sumsq + total_sq
 
     def discard(self) -> None:
         self._n, self._sum, self._sumsq = 0, torch.zeros_like(self.mean), torch.zeros_like(self.mean)
