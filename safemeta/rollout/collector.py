@@ -55,11 +55,13 @@ class Collector:
         rows: list[tuple] = []
         # the step loop runs in inference mode (no autograd bookkeeping: ~15% less per op at these sizes); what
         # it returns lives in `_Buffers`' ordinary tensors, written in place, so solvers may differentiate through it
+        # the run's generator is a CPU one; the env's tensors may live elsewhere (decided once, not per step)
+        move_noise = std.device if gen.device != std.device else None
         with torch.inference_mode():
             for t in range(steps):
                 noise = torch.randn(std.shape, generator=gen, device=gen.device)
-                if noise.device != std.device:  # the run's generator is a CPU one; the env's tensors may live elsewhere
-                    noise = noise.to(std.device)
+                if move_noise is not None:
+                    noise = noise.to(move_noise)
                 act = torch.mul(std, noise).add_(mean_fn(obs.reshape(n, e, -1))).view(n * e, -1)
                 nxt_raw, rew, cost, term, trunc, info = step(act)
                 fin_raw = info["final_obs"]  # the same tensor as nxt_raw when no env finished an episode
