@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from safemeta.rollout.critics import CriticParams, explained_variance
+from safemeta.rollout.critics import CriticParams, FusedAdam, explained_variance
 from safemeta.training.model import stacked_theta
 from safemeta.rollout.params import stack
 from safemeta.training.trainer import MetaTrainer
@@ -90,6 +90,32 @@ def test_fused_fit_equals_separate_reward_and_cost_fits(make_config, rollout):
     for k in fitted.reward:
         torch.testing.assert_close(fitted.reward[k], zero_cost.reward[k])
     assert any(not torch.equal(fitted.cost[k], zero_cost.cost[k]) for k in fitted.cost)
+
+
+def test_fused_adam_steps_as_torch_adam_bit_for_bit_with_transposed_gradients():
+    """The critic fit's `FusedAdam` is torch.optim.Adam(fused=True) without its bookkeeping: 30 steps on a
+    stacked tanh MLP whose weights enter transposed (their gradients are not contiguous, which the kernel would
+    misread) end at the same parameters bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(4, 16, 8, generator=gen), torch.randn(4, 16, generator=gen), torch.randn(4, 1, 16, generator=gen)]
+    x, y = torch.randn(4, 32, 8, generator=gen), torch.randn(4, 32, 1, generator=gen)
+
+    def loss(w1, b1, w2):
+        h = torch.tanh(torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2)))
+        return (torch.bmm(h, w2.transpose(1, 2)) - y).pow(2).mean()
+
+    ours = [p.clone().requires_grad_(True) for p in start]
+    theirs = [p.clone().requires_grad_(True) for p in start]
+    adam, opt = FusedAdam(ours, 3e-3), torch.optim.Adam(theirs, lr=3e-3, fused=True)
+    for _ in range(30):
+        grads = torch.autograd.grad(loss(*ours), ours)
+        assert not grads[0].is_contiguous()
+        adam.step(grads)
+        opt.zero_grad()
+        loss(*theirs).backward()
+        opt.step()
+    for a, b, s in zip(ours, theirs, start):
+        assert torch.equal(a, b) and not torch.equal(a, s)
 
 
 @pytest.mark.parametrize("algo", ["fomaml_trpo", "pretrained", "c_maml", "meta_cpo", "meta_srl"])

@@ -32,6 +32,7 @@ from safemeta.rollout.params import Params, select
 from safemeta.rollout.policy import GaussianActor, batched, gaussian_fisher, gaussian_kl, gaussian_log_prob
 
 State = dict[str, Tensor]
+Dist = tuple[Tensor, Tensor]  # a Gaussian policy on a batch's states: mean [N, S, A], log-std
 
 
 class Iterates(Protocol):
@@ -96,15 +97,28 @@ class InnerSolver(ABC):
         """The per-task advantage the policy step ascends, ``[N, T, E]``."""
 
     # -- shared pieces of the policy-gradient objective -------------------------------------------
-    def log_prob(self, params: Params, batch: Batch) -> Tensor:
+    # A forward pass of the actor over a whole batch is most of what a line-search trial costs, so the methods
+    # below take the pass as ``dist`` (from `policy_on`) where a caller evaluates several terms at one point; the
+    # numbers are those of separate passes.
+    def policy_on(self, params: Params, batch: Batch) -> Dist:
+        """pi_params on the batch's states: mean ``[N, T*E, A]`` and log-std, from one forward pass."""
         n, t, e = batch.logp.shape
-        mean, log_std = self.actor_fn(params, batch.obs.reshape(n, t * e, -1))
+        return self.actor_fn(params, batch.obs.reshape(n, t * e, -1))
+
+    def log_prob(self, params: Params, batch: Batch, dist: Dist | None = None) -> Tensor:
+        n, t, e = batch.logp.shape
+        mean, log_std = self.policy_on(params, batch) if dist is None else dist
         return gaussian_log_prob(batch.act.reshape(n, t * e, -1), mean, log_std).reshape(n, t, e)
 
-    def surrogate(self, params: Params, batch: Batch, adv: Tensor) -> Tensor:
-        """L(theta) = E[pi_theta(a|s) / pi_old(a|s) * A], per task ``[N]`` (TRPO eq. 14)."""
-        ratio = torch.exp(self.log_prob(params, batch) - batch.logp)
-        return (ratio * adv).mean(dim=(1, 2))
+    def surrogates(self, params: Params, batch: Batch, *advs: Tensor, dist: Dist | None = None) -> tuple[Tensor, ...]:
+        """L(theta) = E[pi_theta(a|s) / pi_old(a|s) * A] per task ``[N]`` (TRPO eq. 14) for each advantage in
+        ``advs``, from one ratio."""
+        ratio = torch.exp(self.log_prob(params, batch, dist) - batch.logp)
+        return tuple((ratio * adv).mean(dim=(1, 2)) for adv in advs)
+
+    def surrogate(self, params: Params, batch: Batch, adv: Tensor, dist: Dist | None = None) -> Tensor:
+        """`surrogates` of one advantage."""
+        return self.surrogates(params, batch, adv, dist=dist)[0]
 
     def objective(self, params: Params, batch: Batch, state: State) -> Tensor:
         """The per-task objective an outer updater differentiates after adaptation."""
@@ -134,18 +148,26 @@ class InnerSolver(ABC):
         return fisher_vector_product(lambda q: self.mean_kl(params, q, batch, detach_old=not create_graph), params,
                                      damping, create_graph=create_graph)
 
-    def mean_kl(self, old: Params, new: Params, batch: Batch, detach_old: bool = True) -> Tensor:
-        """Mean over visited states of KL(pi_old(.|s) || pi_new(.|s)), per task ``[N]``.
+    def mean_kl(self, old: Params | None, new: Params, batch: Batch, detach_old: bool = True,
+                old_dist: Dist | None = None, new_dist: Dist | None = None) -> Tensor:
+        """Mean over visited states of KL(pi_old(.|s) || pi_new(.|s)), per task ``[N]``; ``old_dist`` / ``new_dist``
+        (`policy_on`) stand for the forward passes of ``old`` / ``new`` when the caller has them.
 
         ``detach_old=False`` keeps the graph through ``old`` too: the Fisher matrix of a differentiable
         step then depends on the local parameters through both arguments, as it truly does.
         """
-        n, t, e = batch.logp.shape
-        obs = batch.obs.reshape(n, t * e, -1)
-        with torch.set_grad_enabled(not detach_old and torch.is_grad_enabled()):
-            m0, s0 = self.actor_fn(old, obs)
-        m1, s1 = self.actor_fn(new, obs)
-        return gaussian_kl(m0, s0, m1, s1).mean(dim=1)
+        if old_dist is None:
+            with torch.set_grad_enabled(not detach_old and torch.is_grad_enabled()):
+                old_dist = self.policy_on(old, batch)
+        m1, s1 = self.policy_on(new, batch) if new_dist is None else new_dist
+        return gaussian_kl(*old_dist, m1, s1).mean(dim=1)
+
+    def trial(self, old_dist: Dist, cand: Params, batch: Batch, *advs: Tensor) -> tuple[Tensor, ...]:
+        """What a line search checks at a candidate, from one forward pass of it: KL(pi_old || pi_cand) per task,
+        then the surrogate of each advantage in ``advs``."""
+        dist = self.policy_on(cand, batch)
+        return self.mean_kl(None, cand, batch, old_dist=old_dist, new_dist=dist), \
+            *self.surrogates(cand, batch, *advs, dist=dist)
 
 
 def fvp_subsample_field():

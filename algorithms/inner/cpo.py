@@ -124,7 +124,12 @@ class CPO(InnerSolver):
         adv_c = adv_c.detach()
         p = params if differentiable else {k: v.requires_grad_(True) for k, v in detach(params).items()}
         old = detach(params)
-        surr_r, surr_c = self.surrogate(p, batch, adv_r), self.surrogate(p, batch, adv_c)
+        dist = self.policy_on(p, batch)
+        old_dist = tuple(v.detach() for v in dist)  # pi_old on the batch, for every KL below
+        if differentiable:  # two passes: the meta-gradient then sums the two paths at the parameters, as it always has
+            surr_r, surr_c = self.surrogate(p, batch, adv_r, dist), self.surrogate(p, batch, adv_c)
+        else:
+            surr_r, surr_c = self.surrogates(p, batch, adv_r, adv_c, dist=dist)
         g = flat_grad(surr_r.sum(), p, create_graph=differentiable, retain_graph=True)
         a = flat_grad(surr_c.sum(), p, create_graph=differentiable, retain_graph=differentiable)
         # b(phi) = J_C - d + L_C(phi): its value is J_C - d at the sampling policy (the centered surrogate is
@@ -151,16 +156,16 @@ class CPO(InnerSolver):
         allowed_cost_change = torch.clamp(-b.detach(), min=0.0)
 
         def accept(cand: Params) -> Tensor:
-            ok = (self.surrogate(cand, batch, adv_c) - surr_c0 <= allowed_cost_change) & \
-                 (recovery | (self.surrogate(cand, batch, adv_r) >= surr_r0))
+            kl, surr_r1, surr_c1 = self.trial(old_dist, cand, batch, adv_r, adv_c)
+            ok = (surr_c1 - surr_c0 <= allowed_cost_change) & (recovery | (surr_r1 >= surr_r0))
             if cfg.metric == "fisher":
-                ok &= self.mean_kl(old, cand, batch) <= cfg.max_kl
+                ok &= kl <= cfg.max_kl
             return ok
 
         _, frac, accepted = backtracking_line_search(old, x.detach(), accept, cfg.backtrack_decay, cfg.max_backtracks)
         new = add(p if differentiable else old, unflat(x, old), frac.to(x.dtype))
         with torch.no_grad():
-            kl = self.mean_kl(old, new, batch)
+            kl = self.mean_kl(old, new, batch, old_dist=old_dist)
         info = {"kl": kl, "case": sol.case.float(), "step_fraction": frac, "accepted": accepted.float(),
                 "constraint_value": b.detach(), "lagrange_trust": sol.lagrange_trust.detach(),
                 "lagrange_cost": sol.lagrange_cost.detach()}

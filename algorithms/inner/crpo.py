@@ -75,7 +75,8 @@ class CRPO(InnerSolver):
         adv = self.advantages(batch, state).detach()
         old = detach(params)
         p = {k: v.requires_grad_(True) for k, v in detach(params).items()}
-        direction_grad = flat_grad(self.surrogate(p, batch, adv).sum(), p)
+        dist = self.policy_on(p, batch)
+        direction_grad = flat_grad(self.surrogate(p, batch, adv, dist).sum(), p)
         fisher = self.fisher_batch(batch)
         fvp = self.fisher_product(old, fisher, cfg.cg_damping)
         nat = conjugate_gradient(fvp, direction_grad, cfg.cg_iters)
@@ -86,7 +87,7 @@ class CRPO(InnerSolver):
         scale = torch.where(quad_kl > cfg.max_kl, torch.sqrt(cfg.max_kl / quad_kl.clamp(min=1e-12)), torch.ones_like(quad_kl))
         new = add(old, unflat((scale.unsqueeze(-1) * x).detach(), old))
         with torch.no_grad():
-            kl = self.mean_kl(old, new, batch)
+            kl = self.mean_kl(old, new, batch, old_dist=tuple(v.detach() for v in dist))
         info = {"kl": kl, "cost_step": self.cost_step(batch, state).float(), "step_scale": scale.detach(),
                 "step_size": state["step_size"]}
         return new, state, info

@@ -144,6 +144,7 @@ class MinibatchSolver(InnerSolver):
         samples, size, gens = self.minibatch_plan(batch)
         old = detach(params)
         terms = self.whole_batch_terms(old, batch, state)
+        old_dist = (terms["old_mean"], terms["old_log_std"])  # pi_old on the whole batch, for the KLs below
         device = batch.logp.device
         rows = torch.arange(n, device=device).unsqueeze(1)
         x = flat(old).clone()  # [N, P]: Adam runs on the flat stack, one optimizer per row
@@ -170,13 +171,13 @@ class MinibatchSolver(InnerSolver):
                 epochs_run += active.float()
                 if limit > 0:
                     with torch.no_grad():
-                        active = active & (self.mean_kl(old, unflat(x, old), batch) <= limit)
+                        active = active & (self.mean_kl(None, unflat(x, old), batch, old_dist=old_dist) <= limit)
                 if not bool(active.any()) or (cap and steps >= cap):
                     break
         p = unflat(x, old)
         with torch.no_grad():
             gain = self.evaluate(x, old, terms, state) - self.evaluate(flat(old), old, terms, state)
-            kl = self.mean_kl(old, p, batch)
+            kl = self.mean_kl(None, p, batch, old_dist=old_dist)
         info = {"kl": kl, self.gain_key: gain, "epochs": epochs_run,
                 "early_stopped": (~active).float() if limit > 0 else torch.zeros(n, device=device)}
         return p, {**info, **self.step_info(p, batch, terms)}

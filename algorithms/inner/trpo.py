@@ -53,7 +53,9 @@ class TrustRegionSolver(InnerSolver):
         adv = self.advantages(batch, state).detach()
         old = detach(params)
         p = {k: v.requires_grad_(True) for k, v in detach(params).items()}
-        surr_old = self.surrogate(p, batch, adv)
+        dist = self.policy_on(p, batch)
+        old_dist = tuple(v.detach() for v in dist)  # pi_old on the batch, for every KL below
+        surr_old = self.surrogate(p, batch, adv, dist)
         g = flat_grad(surr_old.sum(), p)
         surr_old = surr_old.detach()
         fisher = self.fisher_batch(batch)
@@ -64,14 +66,14 @@ class TrustRegionSolver(InnerSolver):
         full_step = (beta.unsqueeze(-1) * x).detach()
 
         def accept(cand: Params) -> Tensor:
-            kl = self.mean_kl(old, cand, batch)
-            return (kl <= self.cfg.max_kl) & (self.surrogate(cand, batch, adv) > surr_old)
+            kl, surr = self.trial(old_dist, cand, batch, adv)
+            return (kl <= self.cfg.max_kl) & (surr > surr_old)
 
         new, frac, ok = backtracking_line_search(old, full_step, accept, self.cfg.backtrack_decay,
                                                  self.cfg.max_backtracks)
         with torch.no_grad():
-            kl = self.mean_kl(old, new, batch)
-            improve = self.surrogate(new, batch, adv) - surr_old
+            kl, surr = self.trial(old_dist, new, batch, adv)
+            improve = surr - surr_old
         info = {"kl": kl, "surrogate_gain": improve, "step_fraction": frac, "accepted": ok.float(),
                 **{k: v for k, v in state.items() if k != "cost_limit"}}
         return new, state, info
@@ -83,7 +85,9 @@ class TrustRegionSolver(InnerSolver):
         state = self.before_step(batch, state)
         adv = self.advantages(batch, state).detach()
         old, p = detach(params), params
-        surr = self.surrogate(p, batch, adv)
+        dist = self.policy_on(p, batch)
+        old_dist = tuple(v.detach() for v in dist)
+        surr = self.surrogate(p, batch, adv, dist)
         g = flat_grad(surr.sum(), p, create_graph=True)
         surr_old = surr.detach()
         fisher = self.fisher_batch(batch)
@@ -96,8 +100,8 @@ class TrustRegionSolver(InnerSolver):
         step = torch.sqrt(2 * cfg.max_kl / xfx).unsqueeze(-1) * x
 
         def accept(cand: Params) -> Tensor:
-            kl = self.mean_kl(old, cand, batch)
-            return (kl <= cfg.max_kl) & (self.surrogate(cand, batch, adv) > surr_old)
+            kl, surr = self.trial(old_dist, cand, batch, adv)
+            return (kl <= cfg.max_kl) & (surr > surr_old)
 
         searched, frac, ok = backtracking_line_search(old, step.detach(), accept, cfg.backtrack_decay,
                                                       cfg.max_backtracks)
@@ -106,8 +110,8 @@ class TrustRegionSolver(InnerSolver):
         moved = add(p, unflat(step, old), frac.to(step.dtype))
         new = {k: searched[k] + (v - v.detach()) for k, v in moved.items()}
         with torch.no_grad():
-            kl = self.mean_kl(old, new, batch)
-            improve = self.surrogate(new, batch, adv) - surr_old
+            kl, surr = self.trial(old_dist, new, batch, adv)
+            improve = surr - surr_old
         info = {"kl": kl, "surrogate_gain": improve, "step_fraction": frac, "accepted": ok.float(),
                 **{k: v for k, v in state.items() if k != "cost_limit"}}
         return new, state, info

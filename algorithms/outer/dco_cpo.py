@@ -160,10 +160,12 @@ class DCOCPO(OuterUpdater):
         candidate. Returns the fraction taken (0: none, theta unchanged) and the last candidate's KL."""
         cfg = self.cfg
         frac, kl = 0.0, torch.zeros((), device=step.device)
+        with torch.no_grad():
+            old_dist = self.ctx.inner.policy_on(theta1, meta_batch)  # one pass of theta's policy for every trial
         for j in range(cfg.max_backtracks):
             cand = add(theta1, unflat(step, theta1), cfg.backtrack_decay**j)
             with torch.no_grad():
-                kl = self.ctx.inner.mean_kl(theta1, cand, meta_batch)[0]
+                kl = self.ctx.inner.mean_kl(None, cand, meta_batch, old_dist=old_dist)[0]
             ok = cfg.metric != "fisher" or bool(kl <= cfg.max_kl)
             if ok and replay_ok is not None:
                 ok = replay_ok(cand)
