@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pipeline.py [--algos c_maml meta_cpo fomaml_trpo] [--families point-circle point-goal]
                                             [--envs preset 16] [--iters 3] [--device cpu] [--set KEY=VALUE ...]
+                                            [--old REV] [--rounds 1]
 
 For each algo x family x envs-per-task ("preset": the family's overlay; a number overrides
 ``trainer.envs_per_task``), in a fresh subprocess (so peak memory is that cell's):
@@ -13,18 +14,28 @@ For each algo x family x envs-per-task ("preset": the family's overlay; a number
   collect, critic fit (fits and GAE annotation), inner step, outer update (the meta-gradient, the meta line
   search, without the inner steps it replays), other;
 - peak resident memory of the process (and peak CUDA memory on ``--device cuda``; not yet run on a GPU).
+
+``--old REV`` also runs every cell on that commit's code (``git archive`` into a temporary directory), alternating
+with this tree ``--rounds`` times, and prints each tree's best run and the speed-up: the machine is shared and
+noisy, so only runs made side by side compare.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from collection_speed import export  # noqa: E402  (a commit's tree laid out as the editable install maps it)
 
 PHASES = ("collect", "critic fit", "inner step", "outer update")
 
@@ -117,6 +128,33 @@ def measure(algo: str, family: str, envs: str, iters: int, device: str, override
     return out
 
 
+def run_cell(algo: str, family: str, envs: str, args, tree: Path | None = None) -> dict:
+    """One cell in a fresh subprocess: this working tree's code, or ``tree``'s (an exported older commit)."""
+    cmd = [sys.executable, __file__, "--one", algo, family, envs, "--iters", str(args.iters),
+           "--device", args.device, "--set", *args.set]
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree), "SAFEMETA_TREE": str(tree)}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=None if tree is None else tempfile.gettempdir())
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def best_of(runs: list[dict]) -> dict:
+    """The fastest iteration of ``runs`` (with its phases), and the fastest collection of any of them: on a shared
+    machine the best run is the one least disturbed by other work."""
+    fastest = min(runs, key=lambda r: r["iter_s"])
+    return {**fastest, "collect_sps": max(r["collect_sps"] for r in runs)}
+
+
+def row(r: dict, first: str = "") -> str:
+    ph = r["phases"]
+    other = r["iter_s"] - sum(ph.values())
+    mem = f"{r['peak_rss_mb']:.0f}" + (f" (CUDA {r['peak_cuda_mb']:.0f})" if "peak_cuda_mb" in r else "")
+    return (f"| {first}{r['algo']} | {r['family']} | {r['size']} | {r['iter_s']:.2f} | {r['iter_sps']:,.0f} | "
+            f"{r['collect_sps']:,.0f} | {r['iter_sps'] / r['collect_sps']:.2f} | "
+            + " | ".join(f"{ph[x]:.2f}" for x in PHASES) + f" | {other:.2f} | {mem} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--algos", nargs="+", default=["c_maml", "meta_cpo", "fomaml_trpo"])
@@ -126,30 +164,41 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every cell (as `safemeta train --set`), e.g. a cheaper critic fit")
+    p.add_argument("--old", metavar="REV", help="also run each cell on this commit's code, alternating with this tree")
+    p.add_argument("--rounds", type=int, default=1, help="runs per cell (and per tree with --old); each tree's best")
     p.add_argument("--one", nargs=3, metavar=("ALGO", "FAMILY", "ENVS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
+        if os.environ.get("SAFEMETA_TREE"):  # an older tree: check that its code is what runs
+            import safemeta
+            root = os.path.realpath(os.environ["SAFEMETA_TREE"])
+            assert os.path.realpath(safemeta.__file__).startswith(root), (safemeta.__file__, root)
         print(json.dumps(measure(*args.one, args.iters, args.device, args.set)))
         return
-    print("| algo | family | tasks x envs x episodes | s / iter | iter env-steps/s | collect env-steps/s | ratio | "
-          + " | ".join(f"{ph} s" for ph in PHASES) + " | other s | peak RSS MB |")
-    print("|---" * (9 + len(PHASES)) + "|")
-    for family in args.families:
-        for envs in args.envs:
-            for algo in args.algos:
-                cmd = [sys.executable, __file__, "--one", algo, family, envs, "--iters", str(args.iters),
-                       "--device", args.device, "--set", *args.set]
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode != 0:
-                    print(f"| {algo} | {family} | envs {envs} | failed: {done.stderr.strip().splitlines()[-1]} |")
-                    continue
-                r = json.loads(done.stdout.strip().splitlines()[-1])
-                ph = r["phases"]
-                other = r["iter_s"] - sum(ph.values())
-                mem = f"{r['peak_rss_mb']:.0f}" + (f" (CUDA {r['peak_cuda_mb']:.0f})" if "peak_cuda_mb" in r else "")
-                print(f"| {algo} | {family} | {r['size']} | {r['iter_s']:.2f} | {r['iter_sps']:,.0f} | "
-                      f"{r['collect_sps']:,.0f} | {r['iter_sps'] / r['collect_sps']:.2f} | "
-                      + " | ".join(f"{ph[x]:.2f}" for x in PHASES) + f" | {other:.2f} | {mem} |", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"": None} if not args.old else {"old: ": export(args.old, Path(tmp)), "new: ": None}
+        if args.old:
+            print(f"old = {args.old}, new = this working tree; best of {args.rounds} alternating runs per tree\n")
+        print("| algo | family | tasks x envs x episodes | s / iter | iter env-steps/s | collect env-steps/s | ratio | "
+              + " | ".join(f"{ph} s" for ph in PHASES) + " | other s | peak RSS MB |")
+        print("|---" * (9 + len(PHASES)) + "|")
+        for family in args.families:
+            for envs in args.envs:
+                for algo in args.algos:
+                    runs: dict[str, list[dict]] = {label: [] for label in trees}
+                    for _ in range(args.rounds):
+                        for label, tree in trees.items():
+                            runs[label].append(run_cell(algo, family, envs, args, tree))
+                    failed = [r["error"] for rs in runs.values() for r in rs if "error" in r]
+                    if failed:
+                        print(f"| {algo} | {family} | envs {envs} | failed: {failed[0]} |", flush=True)
+                        continue
+                    best = {label: best_of(rs) for label, rs in runs.items()}
+                    for label, r in best.items():
+                        print(row(r, label), flush=True)
+                    if args.old:
+                        print(f"| new / old | {family} | {best['new: ']['size']} | "
+                              f"{best['old: ']['iter_s'] / best['new: ']['iter_s']:.2f}x faster |", flush=True)
 
 
 if __name__ == "__main__":
