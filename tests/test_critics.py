@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from safemeta.rollout.critics import CriticParams, FusedAdam, explained_variance
+from safemeta.rollout.policy import CHUNK_ROWS, Critic, batched, critic_mse_grads, init_params
 from safemeta.training.model import stacked_theta
 from safemeta.rollout.params import stack
 from safemeta.training.trainer import MetaTrainer
@@ -116,6 +117,29 @@ def test_fused_adam_steps_as_torch_adam_bit_for_bit_with_transposed_gradients():
         opt.step()
     for a, b, s in zip(ours, theirs, start):
         assert torch.equal(a, b) and not torch.equal(a, s)
+
+
+@pytest.mark.parametrize("activation,hidden,rows,samples,dim", [
+    ("tanh", (64, 64), 10, 256, 52), ("tanh", (32,), 3, 200, 7), ("relu", (64, 64), 6, 256, 28),
+    ("elu", (16, 8, 4), 2, 37, 5), ("tanh", (), 4, 64, 3)])
+def test_closed_form_critic_gradient_is_autograds_bit_for_bit(activation, hidden, rows, samples, dim):
+    """`critic_mse_grads` (the critic fit's Adam steps) against autograd through the fit's own loss: the same
+    gradients bit for bit, for every activation, depth and a non-power-of-two minibatch; None (autograd's turn)
+    for a minibatch that the forward pass would run in chunks."""
+    gen = torch.Generator().manual_seed(rows * samples)
+    critic = Critic(dim, hidden, activation)
+    params = {k: (v + 0.3 * torch.randn(v.shape, generator=gen)).requires_grad_(True)
+              for k, v in stack(init_params(critic), rows).items()}
+    x, target = torch.randn(rows, samples, dim, generator=gen), 3.0 * torch.randn(rows, samples, generator=gen)
+    loss = (batched(critic)(params, x) - target).pow(2).mean(dim=1).sum()
+    expected = torch.autograd.grad(loss, list(params.values()))
+    got = critic_mse_grads(critic, params, x, target)
+    assert len(got) == len(expected)
+    for k, a, b in zip(params, got, expected):
+        assert a.shape == b.shape and torch.equal(a, b), k
+        assert a.abs().sum() > 0, k
+    wide = torch.randn(rows, CHUNK_ROWS + 1, dim, generator=gen)
+    assert critic_mse_grads(critic, params, wide, torch.zeros(rows, CHUNK_ROWS + 1)) is None
 
 
 @pytest.mark.parametrize("algo", ["fomaml_trpo", "pretrained", "c_maml", "meta_cpo", "meta_srl"])

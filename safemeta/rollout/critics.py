@@ -9,9 +9,10 @@ of each task in minibatches of ``critic.minibatch_size`` samples per task, at mo
 ``critic.max_minibatches`` Adam steps per fit (so a large batch is fitted on a subsample and the fit's
 cost stays bounded). V_R and V_C of all N tasks are one ``[2N, ...]`` stack evaluated by one batched
 matmul chain; Adam is elementwise, so optimizing the stack on the sum of the per-row losses is 2N
-independent fits. The shuffle comes from a generator seeded per fit from ``SHUFFLE_SEED`` and the batch's
-rewards, not from a run's random streams: a fit's result depends on its batch and starting critics only,
-whoever computes it (a Ray worker or the driver) and whatever ran before.
+independent fits. A step's gradient is autograd's backward pass written out (`critic_mse_grads`: the
+same numbers, without the graph's bookkeeping). The shuffle comes from a generator seeded per fit from
+``SHUFFLE_SEED`` and the batch's rewards, not from a run's random streams: a fit's result depends on its
+batch and starting critics only, whoever computes it (a Ray worker or the driver) and whatever ran before.
 
 Value targets are the GAE(lambda) returns of ``annotate``, which bootstrap from V(final obs) at a
 time-limit truncation and not at a termination (``safemeta.rollout.batch.gae``), so they stay correct for
@@ -31,7 +32,7 @@ from safemeta.rollout.batch import Batch, gae
 from safemeta.config.schema import CriticConfig
 from safemeta.rollout.cost_shaping import shape
 from safemeta.rollout.params import Params, detach, stack
-from safemeta.rollout.policy import CHUNK_ROWS, Critic, batched
+from safemeta.rollout.policy import CHUNK_ROWS, Critic, batched, critic_mse_grads
 
 SHUFFLE_SEED = 20261201
 
@@ -147,8 +148,12 @@ class Critics:
             leaves = list(both.values())
             adam = FusedAdam(leaves, self.cfg.lr)
             for idx in steps:  # index_select: the same copy as obs[:, idx], 3-7x cheaper on CPU at these sizes
-                loss = (self.fn(both, obs.index_select(1, idx)) - target.index_select(1, idx)).pow(2).mean(dim=1)
-                adam.step(torch.autograd.grad(loss.sum(), leaves))
+                x, y = obs.index_select(1, idx), target.index_select(1, idx)
+                grads = critic_mse_grads(self.module, both, x, y)  # autograd's numbers without its graph
+                if grads is None:
+                    loss = (self.fn(both, x) - y).pow(2).mean(dim=1)
+                    grads = torch.autograd.grad(loss.sum(), leaves)
+                adam.step(grads)
         return CriticParams.split(detach(both))
 
     def fit_and_annotate(self, batch: Batch, params: CriticParams, cap: int | None = None
