@@ -128,16 +128,18 @@ def gae(rew: Tensor, value: Tensor, next_value: Tensor, terminated: Tensor, trun
 
     Returns ``(advantages, returns)`` with ``returns = advantages + value`` (the TD(lambda) targets).
     ``gamma`` and ``lam`` may be ``[N, 1, 1]`` tensors (one pair per row: the critics annotate reward and
-    cost rows in one call). The backward recursion runs time-major with one fused multiply-add per step.
+    cost rows in one call). The backward recursion runs time-major with one fused multiply-add per step, written
+    straight into its row of the result (one op per step: at T = 1000 the loop's per-op overhead is its cost).
+    Not differentiable: advantages and returns are data to the solvers and critic fits.
     """
-    not_term = (~terminated).to(rew.dtype)
-    cont = (~(terminated | truncated)).to(rew.dtype)
-    delta = (rew + gamma * next_value * not_term - value).transpose(0, 1).contiguous()  # [T, N, E]
-    coef = (gamma * lam * cont).transpose(0, 1).contiguous()
-    adv = torch.empty_like(delta)
-    running = torch.zeros_like(delta[0])
-    for t in range(delta.shape[0] - 1, -1, -1):
-        running = torch.addcmul(delta[t], coef[t], running)
-        adv[t] = running
-    adv = adv.transpose(0, 1).contiguous()
-    return adv, adv + value
+    with torch.no_grad():
+        not_term = (~terminated).to(rew.dtype)
+        cont = (~(terminated | truncated)).to(rew.dtype)
+        delta = (rew + gamma * next_value * not_term - value).transpose(0, 1).contiguous()  # [T, N, E]
+        coef = (gamma * lam * cont).transpose(0, 1).contiguous()
+        adv = torch.empty_like(delta)
+        running = torch.zeros_like(delta[0])
+        for d, c, out in zip(reversed(delta.unbind(0)), reversed(coef.unbind(0)), reversed(adv.unbind(0))):
+            running = torch.addcmul(d, c, running, out=out)
+        adv = adv.transpose(0, 1).contiguous()
+        return adv, adv + value
