@@ -168,9 +168,10 @@ def critic_mse_grads(critic: nn.Module, params: Params, x: Tensor, target: Tenso
     A critic fit's Adam step (`safemeta.rollout.critics.Critics.fit`) needs only this gradient. It is autograd's
     backward pass written out: the same kernels on the same operands in the same layouts (``bmm`` of the
     transposed activations for a weight, a row sum for a bias, the activation's own backward kernel), so the
-    same numbers bit for bit (tests/test_critics.py), without the graph's bookkeeping: about 15% less time per
-    step at ``[10, 256, 52]`` on one CPU thread (benchmarks/README.md). Not for ``S > CHUNK_ROWS`` (the forward
-    pass then runs in chunks whose gradients autograd sums in its own order)."""
+    same numbers bit for bit (tests/test_critics.py), without the graph's bookkeeping: 1.07-1.28x faster per
+    step on one CPU thread, most for the 2-row fit of the critics' initialization (benchmarks/critic_step.py).
+    Not for ``S > CHUNK_ROWS`` (the forward pass then runs in chunks whose gradients autograd sums in its own
+    order)."""
     if not isinstance(critic, Critic) or x.shape[1] > CHUNK_ROWS:
         return None
     act = _activation_fn(critic.net)
