@@ -93,6 +93,22 @@ def test_fused_fit_equals_separate_reward_and_cost_fits(make_config, rollout):
     assert any(not torch.equal(fitted.cost[k], zero_cost.cost[k]) for k in fitted.cost)
 
 
+def test_a_fit_on_the_closed_form_gradient_equals_the_autograd_fit_bit_for_bit(make_config, rollout, monkeypatch):
+    """A whole critic fit (shuffled minibatches, FusedAdam, V_R and V_C stacked) ends at the same critics whether
+    its steps take `critic_mse_grads` or autograd's gradient; and the fit moves them."""
+    import safemeta.rollout.critics as critics_module
+
+    t, batch = rollout(16)
+    start = t.meta.critics_for(3)
+    closed = t.critics.fit(batch, start)
+    monkeypatch.setattr(critics_module, "critic_mse_grads", lambda *a: None)  # every step through autograd
+    autograd = t.critics.fit(batch, start)
+    for name in ("reward", "cost"):
+        for k, v in getattr(closed, name).items():
+            assert torch.equal(v, getattr(autograd, name)[k]), (name, k)
+            assert not torch.equal(v, getattr(start, name)[k]), (name, k)
+
+
 def test_fused_adam_steps_as_torch_adam_bit_for_bit_with_transposed_gradients():
     """The critic fit's `FusedAdam` is torch.optim.Adam(fused=True) without its bookkeeping: 30 steps on a
     stacked tanh MLP whose weights enter transposed (their gradients are not contiguous, which the kernel would
