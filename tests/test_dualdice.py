@@ -51,7 +51,7 @@ def test_tabular_ratios_converge_to_the_exact_ones(problem):
     np.testing.assert_allclose(est.state_weights[visited], (d_pi_s / d_data_s)[visited], rtol=0.15, atol=0.05)
 
 
-@pytest.mark.parametrize("p", [1.5, 3.0])
+@pytest.mark.parametrize("p", [pytest.param(1.5, marks=pytest.mark.slow), 3.0])  # 1.5: ~20 s to converge
 def test_other_powers_p_converge_to_the_same_exact_ratios(problem, p):
     """f(x) = |x|^p / p for p != 2 (L-BFGS on the convex outer problem): the same true ratio, the error
     falling with data."""
@@ -108,6 +108,7 @@ def test_feature_dualdice_with_one_hot_features_is_the_tabular_estimate(problem)
     assert mean_w == pytest.approx(tab.mean_weight, abs=1e-3)
 
 
+@pytest.mark.slow  # ~20 s to converge
 def test_random_feature_dualdice_converges_to_the_exact_ratios(problem):
     """The continuous-input estimator (random Fourier features of the state and action vectors) on the same
     problem, the inputs as one-hot vectors: its error falls with data, to under 5%."""
