@@ -96,12 +96,11 @@ def test_fused_fit_equals_separate_reward_and_cost_fits(make_config, rollout):
 def test_a_fit_on_the_closed_form_gradient_equals_the_autograd_fit_bit_for_bit(make_config, rollout, monkeypatch):
     """A whole critic fit (shuffled minibatches, FusedAdam, V_R and V_C stacked) ends at the same critics whether
     its steps take `critic_mse_grads` or autograd's gradient; and the fit moves them."""
-    import safemeta.rollout.critics as critics_module
-
     t, batch = rollout(16)
     start = t.meta.critics_for(3)
+    assert t.critics.closed_grads is not None
     closed = t.critics.fit(batch, start)
-    monkeypatch.setattr(critics_module, "critic_mse_grads", lambda *a: None)  # every step through autograd
+    monkeypatch.setattr(t.critics, "closed_grads", None)  # every step through autograd
     autograd = t.critics.fit(batch, start)
     for name in ("reward", "cost"):
         for k, v in getattr(closed, name).items():
@@ -149,13 +148,13 @@ def test_closed_form_critic_gradient_is_autograds_bit_for_bit(activation, hidden
     x, target = torch.randn(rows, samples, dim, generator=gen), 3.0 * torch.randn(rows, samples, generator=gen)
     loss = (batched(critic)(params, x) - target).pow(2).mean(dim=1).sum()
     expected = torch.autograd.grad(loss, list(params.values()))
-    got = critic_mse_grads(critic, params, x, target)
+    got = critic_mse_grads(critic)(params, x, target)
     assert len(got) == len(expected)
     for k, a, b in zip(params, got, expected):
         assert a.shape == b.shape and torch.equal(a, b), k
         assert a.abs().sum() > 0, k
     wide = torch.randn(rows, CHUNK_ROWS + 1, dim, generator=gen)
-    assert critic_mse_grads(critic, params, wide, torch.zeros(rows, CHUNK_ROWS + 1)) is None
+    assert critic_mse_grads(critic)(params, wide, torch.zeros(rows, CHUNK_ROWS + 1)) is None
 
 
 @pytest.mark.parametrize("algo", ["fomaml_trpo", "pretrained", "c_maml", "meta_cpo", "meta_srl"])

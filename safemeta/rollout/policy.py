@@ -160,46 +160,54 @@ _ACTIVATION_BACKWARDS = {
 }
 
 
-def critic_mse_grads(critic: nn.Module, params: Params, x: Tensor, target: Tensor) -> tuple[Tensor, ...] | None:
-    """The gradient of sum_i mean_s (V_i(x[i, s]) - target[i, s])^2 in the stacked ``params`` of a `Critic`
-    (``x[R, S, d]``, ``target[R, S]``; one tuple entry per parameter, in ``params``' order), or None where this
-    closed form does not cover the critic (the caller then uses autograd).
+def critic_mse_grads(critic: nn.Module):
+    """``(params, x, target) -> gradient`` of sum_i mean_s (V_i(x[i, s]) - target[i, s])^2 in the stacked ``params``
+    of a `Critic` (``x[R, S, d]``, ``target[R, S]``; one tuple entry per parameter, in ``params``' order), or None
+    for a critic this closed form does not cover (the caller then uses autograd). The returned function also
+    gives None for ``S > CHUNK_ROWS`` (the forward pass then runs in chunks whose gradients autograd sums in its
+    own order).
 
     A critic fit's Adam step (`safemeta.rollout.critics.Critics.fit`) needs only this gradient. It is autograd's
     backward pass written out: the same kernels on the same operands in the same layouts (``bmm`` of the
     transposed activations for a weight, a row sum for a bias, the activation's own backward kernel), so the
     same numbers bit for bit (tests/test_critics.py), without the graph's bookkeeping: 1.07-1.28x faster per
     step on one CPU thread, most for the 2-row fit of the critics' initialization (benchmarks/critic_step.py).
-    Not for ``S > CHUNK_ROWS`` (the forward pass then runs in chunks whose gradients autograd sums in its own
-    order)."""
-    if not isinstance(critic, Critic) or x.shape[1] > CHUNK_ROWS:
+    The critic's layout is read here once, not at every step."""
+    if not isinstance(critic, Critic):
         return None
     act = _activation_fn(critic.net)
     if act is not None and act not in _ACTIVATION_BACKWARDS:
         return None
     names = _linear_names(critic.net, "net.")
-    with torch.no_grad():
-        bound = _bind(params, names)
-        inputs, pre = [x], []  # each layer's input; each hidden layer's pre-activation
-        h = x
-        for b, w in bound[:-1]:
-            pre.append(torch.baddbmm(b, h, w))
-            h = act(pre[-1])
-            inputs.append(h)
-        residual = torch.baddbmm(bound[-1][0], h, bound[-1][1]).squeeze(-1) - target
-        rows, samples = residual.shape
-        # d/dV of sum_i mean_s r^2 as autograd forms it: (1 expanded over [R, S]) / S, times 2 r
-        grad = torch.ones((), dtype=residual.dtype, device=residual.device).expand(rows, samples).div(samples)
-        grad = grad.mul(residual.mul(2.0)).unsqueeze(-1)
-        out = {}
-        for layer in reversed(range(len(names))):
-            name = names[layer]
-            out[f"{name}.bias"] = grad.sum(1, keepdim=True).squeeze(1)
-            out[f"{name}.weight"] = inputs[layer].transpose(1, 2).bmm(grad).transpose(1, 2)
-            if layer:
-                upstream = grad.bmm(bound[layer][1].transpose(1, 2))
-                grad = _ACTIVATION_BACKWARDS[act](upstream, pre[layer - 1], inputs[layer])
-    return tuple(out[k] for k in params)
+    backward = _ACTIVATION_BACKWARDS.get(act)
+
+    def grads(params: Params, x: Tensor, target: Tensor) -> tuple[Tensor, ...] | None:
+        if x.shape[1] > CHUNK_ROWS:
+            return None
+        with torch.no_grad():
+            bound = _bind(params, names)
+            inputs, pre = [x], []  # each layer's input; each hidden layer's pre-activation
+            h = x
+            for b, w in bound[:-1]:
+                pre.append(torch.baddbmm(b, h, w))
+                h = act(pre[-1])
+                inputs.append(h)
+            residual = torch.baddbmm(bound[-1][0], h, bound[-1][1]).squeeze(-1) - target
+            rows, samples = residual.shape
+            # d/dV of sum_i mean_s r^2 as autograd forms it: (1 expanded over [R, S]) / S, times 2 r
+            grad = torch.ones((), dtype=residual.dtype, device=residual.device).expand(rows, samples).div(samples)
+            grad = grad.mul(residual.mul(2.0)).unsqueeze(-1)
+            out = {}
+            for layer in reversed(range(len(names))):
+                name = names[layer]
+                out[f"{name}.bias"] = grad.sum(1, keepdim=True).squeeze(1)
+                out[f"{name}.weight"] = inputs[layer].transpose(1, 2).bmm(grad).transpose(1, 2)
+                if layer:
+                    upstream = grad.bmm(bound[layer][1].transpose(1, 2))
+                    grad = backward(upstream, pre[layer - 1], inputs[layer])
+        return tuple(out[k] for k in params)
+
+    return grads
 
 
 def gaussian_fisher(actor: nn.Module, params: Params, obs: Tensor):
