@@ -18,20 +18,21 @@ import torch
 from torch import Tensor
 
 from safemeta.config.schema import spec
-from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, pad_objects, place_objects,
-                                  push_out_of_disks, relative)
+from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, lidar_into, pad_objects,
+                                  place_objects, push_out_of_disks, relative)
 from safemeta.registry import register_env
 from safemeta.errors import UserError
 from safemeta.rollout.task import IntRange, Range, Task, TaskFamily, draw
-from safemeta.rollout.vec_cmdp import BatchedCMDP
+from safemeta.rollout.vec_cmdp import PureStepCMDP
 
 OBSTACLES_PER_LEVEL = {1: 1, 2: 10}
 DEFAULT_COST_LIMIT = {1: 0.75, 2: 5.0}  # C-MAML's environments 1 and 2
 
 
-class GoalEnv(BatchedCMDP):
+class GoalEnv(PureStepCMDP):
     obs_dim = PROPRIO_DIM + 3 * LIDAR_BINS
     act_dim = 2
+    reset_draws = 3  # start offset (x, y) and heading offset
 
     def __init__(self, layouts: list[dict], cfg: "PointGoalConfig", envs_per_task: int, device: str, seed: int):
         super().__init__(len(layouts), envs_per_task, cfg.horizon, device, seed)
@@ -57,13 +58,23 @@ class GoalEnv(BatchedCMDP):
         self._lidar_zeros = torch.zeros(self.num_envs, self.obs_dim - PROPRIO_DIM, device=self.device)
 
     def _reset_envs(self, mask: Tensor) -> None:
-        u = torch.rand(self.num_envs, 3, generator=self.gen, device=self.device)
-        self.robot.reset(mask, self.start + (u[:, :2] - 0.5) * 0.2, self.start_heading + (u[:, 2] - 0.5) * 0.5)
+        u = torch.rand(self.num_envs, self.reset_draws, generator=self.gen, device=self.device)
+        self.robot.reset(mask, *self._start_pose(u))
+
+    def _start_pose(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Start positions and headings ``[B, 2], [B]`` from uniforms ``u [B, 3]``: the layout's start pose, within
+        +-0.1 in position and +-0.25 rad in heading."""
+        return self.start + (u[:, :2] - 0.5) * 0.2, self.start_heading + (u[:, 2] - 0.5) * 0.5
 
     def _observe(self) -> Tensor:
         r = self.robot
-        obs = r.proprio(self._lidar_zeros)
-        return self.objects.lidar(r.pos, r.heading, self.obs_dim, out=obs)
+        return self._observation(r.motion, r.direction(), r.heading, self.objects.scan(r.pos))
+
+    def _observation(self, motion: Tensor, direction: Tensor, heading: Tensor, scan: tuple[Tensor, Tensor, Tensor]
+                     ) -> Tensor:
+        """proprio | goal lidar | hazard lidar | pillar lidar, from the robot's state and its scan of the objects."""
+        return lidar_into(torch.cat([motion, direction, self._lidar_zeros], dim=-1), *scan, heading,
+                          self.objects.column)
 
     def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         before = self.objects.scan(self.robot.pos)[2][:, 0]  # the previous observation's scan
@@ -73,13 +84,57 @@ class GoalEnv(BatchedCMDP):
             self.robot.pos, contact = push_out_of_disks(pos, *relative(pos, self.pillar_x, self.pillar_y),
                                                         self.push_radius)
             self._pushed = bool(contact.any())
-        dist = self.objects.scan(self.robot.pos)[2]  # shared with this step's observation
+        # the scan is shared with this step's observation
+        return self._outcome(before, self.objects.scan(self.robot.pos)[2], contact)
+
+    def _outcome(self, before: Tensor, dist: Tensor, contact: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Reward, cost and whether the goal was reached, from the goal distance ``before`` the step and the
+        distances ``dist [B, M]`` to every object after it (``contact``: pillar contact, None when not tested)."""
         hazard = dist[:, self.hazards].amin(1) < self._hazard_radius
         cost = hazard.float() if contact is None else contact.float().add_(hazard)
         after = dist[:, 0]
         reached = after < self._goal_radius
         reward = (before - after).add_(reached, alpha=self.cfg.goal_bonus)  # + bonus * 1 or 0: exact
         return reward, cost, reached
+
+    def pure_state(self) -> dict[str, Tensor]:
+        r = self.robot
+        return {"pos": r.pos, "heading": r.heading, "motion": r.motion, "t": self.t.clone(),
+                "goal_dist": self.objects.scan(r.pos)[2][:, 0]}
+
+    def load_pure_state(self, state: dict[str, Tensor]) -> None:
+        with torch.inference_mode(False):  # ordinary tensors: `reset` and `step` write into t
+            self.robot.pos, self.robot.heading = state["pos"].clone(), state["heading"].clone()
+            self.robot.motion, self.t = state["motion"].clone(), state["t"].clone()
+        self._pushed = True  # unknown: the next eager step tests the pillars
+
+    def pure_step(self, state: dict[str, Tensor], act: Tensor, u: Tensor
+                  ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """`step` as a pure function (`PureStepCMDP`): the pillar push runs on every step (a robot touching no
+        pillar is pushed by exactly 0), and the observation after a reset is computed for every env and kept
+        where an episode ended."""
+        r = self.robot
+        motion = r.point_motion(state["motion"], self.clip_action(act))
+        pos, heading, direction = r.move(state["pos"], state["heading"], motion)
+        contact = None
+        if self.push_radius > 1e-6:  # as `_near_pillar`: no contact below that radius
+            pos, contact = push_out_of_disks(pos, *relative(pos, self.pillar_x, self.pillar_y), self.push_radius)
+        scan = relative(pos, self.objects.x, self.objects.y)
+        reward, cost, reached = self._outcome(state["goal_dist"], scan[2], contact)
+        final = self._observation(motion, direction, heading, scan)
+        t = state["t"] + 1
+        at_limit = t >= self.horizon
+        truncated = torch.gt(at_limit, reached)  # at the limit and not terminated
+        done = reached | at_limit
+        start, start_heading = self._start_pose(u)
+        pos = torch.where(done.unsqueeze(-1), start, pos)
+        heading = torch.where(done, start_heading, heading)
+        motion = torch.where(done.unsqueeze(-1), torch.zeros_like(motion), motion)
+        direction = torch.stack([torch.cos(heading), torch.sin(heading)], dim=-1)
+        scan = relative(pos, self.objects.x, self.objects.y)
+        obs = torch.where(done.unsqueeze(-1), self._observation(motion, direction, heading, scan), final)
+        state = {"pos": pos, "heading": heading, "motion": motion, "t": t.masked_fill(done, 0), "goal_dist": scan[2][:, 0]}
+        return state, obs, final, reward, cost, reached, truncated
 
     def _near_pillar(self, pos: Tensor) -> bool:
         """Whether any robot at ``pos`` is inside a pillar's push radius, from the scan the step shares.

@@ -105,13 +105,23 @@ class Robot:
 
     def step(self, act: Tensor) -> None:
         if self.kind == "point":
-            self.motion = self.motion + self._dt * (act * self._gain - self._damping * self.motion)
+            self.motion = self.point_motion(self.motion, act)
         else:
             target = (act @ self._mix) * self._scale / self._wheelbase
             self.motion = self.motion + self._lag * (target - self.motion)
-        moved = self.motion * self._dt  # (dt v, dt omega)
-        self.heading = torch.remainder(self.heading + moved[:, 1] + self._pi, self._two_pi) - self._pi
-        self.pos = self.pos + moved[:, :1] * self.direction()
+        self.pos, self.heading, self._direction = self.move(self.pos, self.heading, self.motion)
+
+    def move(self, pos: Tensor, heading: Tensor, motion: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """New position, heading and its (cos, sin) after ``dt`` at ``motion`` (v, omega): a pure function of its
+        arguments and the robot's constants (`step`'s second half; compiled collection calls it too)."""
+        moved = motion * self._dt  # (dt v, dt omega)
+        heading = torch.remainder(heading + moved[:, 1] + self._pi, self._two_pi) - self._pi
+        direction = torch.stack([torch.cos(heading), torch.sin(heading)], dim=-1)
+        return pos + moved[:, :1] * direction, heading, direction
+
+    def point_motion(self, motion: Tensor, act: Tensor) -> Tensor:
+        """The point robot's actuators, v' = v + dt (k a - d v) for both columns: a pure function (see `move`)."""
+        return motion + self._dt * (act * self._gain - self._damping * motion)
 
     def direction(self) -> Tensor:
         """(cos, sin) of the heading ``[B, 2]``, computed once per heading (dynamics, velocity, observation
@@ -183,10 +193,9 @@ class PointObjects:
     def lidar(self, pos: Tensor, heading: Tensor, width: int, gain: float = 1.0, out: Tensor | None = None) -> Tensor:
         """Every group's 16-bin lidar in a ``[B, width]`` tensor (zeros outside the groups' columns); written
         into ``out`` instead when given (its lidar columns must hold zeros: e.g. proprioception, then zeros)."""
-        bins, value = lidar_hits(*self.scan(pos), heading, gain)
         if out is None:
             out = torch.zeros(pos.shape[0], width, device=pos.device)
-        return out.scatter_reduce_(1, bins.add_(self.column), value, reduce="amax")
+        return lidar_into(out, *self.scan(pos), heading, self.column, gain)
 
 
 def relative(pos: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -203,6 +212,14 @@ def lidar_hits(dx: Tensor, dy: Tensor, dist: Tensor, heading: Tensor, gain: floa
     angle = torch.remainder(torch.atan2(dy, dx).sub_(heading.unsqueeze(1)), _TWO_PI)
     bins = angle.div_(_BIN).long().clamp_(max=LIDAR_BINS - 1)
     return bins, (dist.neg() if gain == 1.0 else -gain * dist).exp_()  # -1 * d is exactly -d
+
+
+def lidar_into(out: Tensor, dx: Tensor, dy: Tensor, dist: Tensor, heading: Tensor, column: Tensor,
+               gain: float = 1.0) -> Tensor:
+    """Write the readings of objects at offsets ``dx, dy`` and distances ``dist [B, M]`` into ``out [B, width]``
+    (zeros in the lidar columns), object m into bin b of the group starting at column ``column[:, m]``."""
+    bins, value = lidar_hits(dx, dy, dist, heading, gain)
+    return out.scatter_reduce_(1, bins.add_(column), value, reduce="amax")
 
 
 def point_lidar(pos: Tensor, heading: Tensor, objects: Tensor, mask: Tensor, gain: float = 1.0) -> Tensor:

@@ -12,6 +12,11 @@ import torch
 from torch import Tensor
 
 
+def normalize(obs: Tensor, shift: Tensor, scale: Tensor, clip: float) -> Tensor:
+    """clip((obs - shift) / scale, -clip, clip): what `RunningObsNorm` applies, with its `constants`."""
+    return (obs - shift).div_(scale).clamp_(-clip, clip)
+
+
 class RunningObsNorm:
     def __init__(self, obs_dim: int, clip: float = 5.0, eps: float = 1e-8, device: str | torch.device = "cpu"):
         self.clip, self.eps = float(clip), float(eps)
@@ -22,10 +27,9 @@ class RunningObsNorm:
         self.discard()
 
     def __call__(self, obs: Tensor) -> Tensor:
-        shift, scale = self._constants(obs)
-        return (obs - shift).div_(scale).clamp_(-self.clip, self.clip)
+        return normalize(obs, *self.constants(obs), self.clip)
 
-    def _constants(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+    def constants(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """``mean`` and ``sqrt(var + eps)`` in ``obs``' dtype and device, converted once per value of the moments
         (the collector normalizes every step; the moments change only when replaced by `commit` or a load)."""
         c = self._cached

@@ -88,9 +88,14 @@ def bound_actor(actor: GaussianActor, params: Params):
     with the per-layer lookups and bias / weight views done here once instead of per call. ``log_std`` is
     ``[N, act_dim]`` (state-independent, as `GaussianActor`'s).
     """
-    bound = _bind(params, _linear_names(actor.mean, "mean."))
-    act = _activation_fn(actor.mean)
-    return (lambda h: _chain(h, bound, act)), params["log_std"]
+    bound, act = actor_layers(actor, params)
+    return (lambda h: layer_chain(h, bound, act)), params["log_std"]
+
+
+def actor_layers(actor: GaussianActor, params: Params) -> tuple[list[tuple[Tensor, Tensor]], object]:
+    """The mean network's layers bound to stacked ``params`` (``(bias[N, 1, out], weight^T[N, in, out])`` each) and
+    its activation: ``layer_chain(x, *actor_layers(actor, params))`` is `bound_actor`'s ``mean_fn(x)``."""
+    return _bind(params, _linear_names(actor.mean, "mean.")), _activation_fn(actor.mean)
 
 
 _ACTIVATION_OPS = {nn.Tanh: torch.tanh, nn.ReLU: torch.relu, nn.ELU: nn.functional.elu}  # what their forward calls
@@ -120,10 +125,10 @@ def _bind(p: Params, layers: list[str]) -> list[tuple[Tensor, Tensor]]:
     return [(p[f"{name}.bias"].unsqueeze(1), p[f"{name}.weight"].transpose(1, 2)) for name in layers]
 
 
-CHUNK_ROWS = 1024  # rows per task above which `_chain` runs in row chunks (benchmarks/README.md "Meta-iteration")
+CHUNK_ROWS = 1024  # rows per task above which `layer_chain` runs in row chunks (benchmarks/README.md "Meta-iteration")
 
 
-def _chain(h: Tensor, bound: list[tuple[Tensor, Tensor]], act) -> Tensor:
+def layer_chain(h: Tensor, bound: list[tuple[Tensor, Tensor]], act) -> Tensor:
     """``h[N, M, in]`` through the bound layers, ``act`` between them.
 
     A large batch (``M > CHUNK_ROWS``) goes through in chunks of ``CHUNK_ROWS`` rows, concatenated: each
@@ -132,7 +137,7 @@ def _chain(h: Tensor, bound: list[tuple[Tensor, Tensor]], act) -> Tensor:
     forward + backward at 16,000 rows per task on one CPU thread). Autograd differentiates the chunks as
     any other ops."""
     if h.shape[1] > CHUNK_ROWS:
-        return torch.cat([_chain(c, bound, act) for c in h.split(CHUNK_ROWS, 1)], 1)
+        return torch.cat([layer_chain(c, bound, act) for c in h.split(CHUNK_ROWS, 1)], 1)
     *hidden, (last_b, last_w) = bound
     for b, w in hidden:
         h = act(torch.baddbmm(b, h, w))
@@ -141,7 +146,7 @@ def _chain(h: Tensor, bound: list[tuple[Tensor, Tensor]], act) -> Tensor:
 
 def _stacked_mlp(p: Params, x: Tensor, layers: list[str], act) -> Tensor:
     shape = x.shape
-    h = _chain(x.reshape(shape[0], -1, shape[-1]), _bind(p, layers), act)
+    h = layer_chain(x.reshape(shape[0], -1, shape[-1]), _bind(p, layers), act)
     return h.reshape(*shape[:-1], h.shape[-1])
 
 

@@ -74,6 +74,11 @@ def _bad_tasks(v: Tensor, n_tasks: int) -> list[int]:
     return (~ok).nonzero().flatten().tolist()
 
 
+def all_finite(values: list[Tensor]) -> Tensor:
+    """One boolean tensor: no NaN or infinity in any of ``values``."""
+    return torch.stack([torch.isfinite(v).all() for v in values]).all()
+
+
 def check_finite(venv: VecCMDP, **values: Tensor) -> None:
     """Raise `EnvFault` naming the field and the task indices if any value is NaN or infinite."""
     flags = [torch.isfinite(v).all() for v in values.values() if v.is_floating_point()]
@@ -162,11 +167,15 @@ class BatchedCMDP(VecCMDP):
         self._reset_envs(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
         return self._observe()
 
+    @staticmethod
+    def clip_action(act: Tensor) -> Tensor:
+        """Actions clipped to [-1, 1]; a NaN action steps as 0 (clamp keeps NaN, and NaN positions break e.g. the
+        lidar's bin indices): the collector's per-chunk check then reports the stored NaN action as an EnvFault
+        naming its tasks."""
+        return torch.nan_to_num(act.clamp(-1.0, 1.0), nan=0.0)
+
     def step(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict]:
-        # a NaN action steps as 0 (clamp keeps NaN, and NaN positions break e.g. the lidar's bin indices): the
-        # collector's per-chunk check then reports the stored NaN action as an EnvFault naming its tasks
-        act = torch.nan_to_num(act.clamp(-1.0, 1.0), nan=0.0)
-        reward, cost, terminated = self._transition(act)
+        reward, cost, terminated = self._transition(self.clip_action(act))
         self._lag += 1
         if self._t_bound is None:
             self._t_bound = int(self._t.max())
@@ -187,3 +196,31 @@ class BatchedCMDP(VecCMDP):
             self._reset_envs(done)
             obs = torch.where(done.unsqueeze(-1), self._observe(), obs)
         return obs, reward, cost, terminated, truncated, info
+
+
+class PureStepCMDP(BatchedCMDP):
+    """A `BatchedCMDP` whose step is also written as a pure, branch-free function of its state, for compiled
+    collection (``trainer.compile_collection``, `safemeta.rollout.compiled`).
+
+    - ``pure_state() -> dict`` of the tensors that change from step to step (``t`` among them);
+      ``load_pure_state(state)`` puts such a dict back.
+    - ``pure_step(state, act, u) -> (state, obs, final_obs, reward, cost, terminated, truncated)`` is `step`
+      without side effects: the same transition, time limit and auto-reset, with the reset's random draws
+      given as ``u [B, reset_draws]`` (uniform in [0, 1), one row per env) instead of drawn from ``self.gen``
+      when an episode ends. It reads the env's constants (``self``) and writes nothing.
+
+    Before any reset its numbers are `step`'s, op for op (tests/test_compiled_collection.py); a reset
+    starts from ``u`` where `step` would draw ``rand(B, reset_draws)`` from ``self.gen`` at that step.
+    """
+
+    reset_draws: int
+
+    @abstractmethod
+    def pure_state(self) -> dict[str, Tensor]: ...
+
+    @abstractmethod
+    def load_pure_state(self, state: dict[str, Tensor]) -> None: ...
+
+    @abstractmethod
+    def pure_step(self, state: dict[str, Tensor], act: Tensor, u: Tensor
+                  ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]: ...

@@ -88,7 +88,8 @@ class MetaTrainer:
         self.inner.device = torch.device(cfg.trainer.device)
         pc = cfg.policy
         self.obs_norm = RunningObsNorm(self.obs_dim, pc.obs_clip, device=cfg.trainer.device) if pc.obs_normalize else None
-        self.adapter = Adapter(Collector(self.actor, self.obs_norm), self.critics, self.inner)
+        collector = Collector(self.actor, self.obs_norm, compiled=cfg.trainer.compile_collection)
+        self.adapter = Adapter(collector, self.critics, self.inner)
         outer_cls: type[OuterUpdater] = registry.outer.get(cfg.outer)
         self.outer = outer_cls(cfg.outer_params, OuterContext(self.inner, self.critics, self.meta, cfg, self.family))
         self.np_rng = np.random.default_rng(cfg.seed)
