@@ -22,15 +22,16 @@ import torch
 from torch import Tensor
 
 from safemeta.config.schema import spec
-from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, pad_objects, place_objects,
-                                  wall_lidar)
+from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, heading_direction, lidar_into,
+                                  pad_objects, place_objects, relative, wall_lidar)
 from safemeta.registry import register_env
 from safemeta.rollout.task import IntRange, Range, Task, TaskFamily, draw
-from safemeta.rollout.vec_cmdp import BatchedCMDP
+from safemeta.rollout.vec_cmdp import PureStepCMDP
 
 
-class CircleEnv(BatchedCMDP):
+class CircleEnv(PureStepCMDP):
     can_terminate = False  # terminated is always false
+    reset_draws = 3  # position (x, y) and heading
 
     def __init__(self, robot: str, r_c: Tensor, wall: Tensor, hazards: list[np.ndarray], hazard_radius: float,
                  horizon: int, envs_per_task: int, device: str, seed: int, spawn: float = 0.4):
@@ -57,26 +58,62 @@ class CircleEnv(BatchedCMDP):
         self.r_c, self._wall_column = self.r_c.unsqueeze(1), self.wall.unsqueeze(1)  # [B, 1], as the radius
 
     def _reset_envs(self, mask: Tensor) -> None:
-        u = torch.rand(self.num_envs, 3, generator=self.gen, device=self.device)
-        pos = (u[:, :2] * 2 - 1) * self.spawn * self.wall.unsqueeze(-1).clamp(max=1.0)
-        self.robot.reset(mask, pos, (u[:, 2] * 2 - 1) * math.pi)
+        u = torch.rand(self.num_envs, self.reset_draws, generator=self.gen, device=self.device)
+        self.robot.reset(mask, *self._start_pose(u))
+
+    def _start_pose(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Start positions and headings ``[B, 2], [B]`` from uniforms ``u [B, 3]``: uniform in the square of half-width
+        ``spawn * min(wall, 1)`` around the centre, any heading."""
+        return (u[:, :2] * 2 - 1) * self.spawn * self.wall.unsqueeze(-1).clamp(max=1.0), (u[:, 2] * 2 - 1) * math.pi
 
     def _observe(self) -> Tensor:
         r = self.robot
-        walls = wall_lidar(r.pos, r.heading, self._wall_column, direction=r.direction())
-        obs = r.proprio(self._centre_zeros, walls, *self._hazard_zeros)
-        return self.objects.lidar(r.pos, r.heading, self.obs_dim, out=obs)
+        return self._observation(r.motion, r.direction(), r.heading, r.pos, self.objects.scan(r.pos))
+
+    def _observation(self, motion: Tensor, direction: Tensor, heading: Tensor, pos: Tensor,
+                     scan: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """proprio | centre lidar | wall lidar | hazard lidar, from the robot's state and its scan of the objects."""
+        walls = wall_lidar(pos, heading, self._wall_column, direction=direction)
+        obs = torch.cat([motion, direction, self._centre_zeros, walls, *self._hazard_zeros], dim=-1)
+        return lidar_into(obs, *scan, heading, self.objects.column)
 
     def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         self.robot.step(act)
-        pos, vel = self.robot.pos, self.robot.velocity()
+        pos = self.robot.pos  # with hazards, the scan is shared with _observe
+        return self._outcome(pos, self.robot.velocity(), self.objects.scan(pos)[2] if self.with_hazards else None)
+
+    def _outcome(self, pos: Tensor, vel: Tensor, dist: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Reward, cost and (never) terminated at position ``pos`` and world velocity ``vel`` ``[B, 2]``; ``dist``:
+        the distances to the objects (None without hazards)."""
         radius = torch.linalg.vector_norm(pos, dim=-1, keepdim=True).clamp_(min=1e-6)
         tangential = torch.diff(vel * pos.flip(1), dim=1) / radius  # v x - u y = -u y + v x
         reward = (tangential / ((radius - self.r_c).abs_() + self._one)).view(-1)
         cost = (pos[:, 0].abs() >= self.wall).float()
-        if self.with_hazards:  # scan shared with _observe
-            cost = cost.add_(self.objects.nearest(pos, 1) < self._hazard_radius)
+        if dist is not None:
+            cost = cost.add_(dist[:, self.objects.slices[1]].amin(dim=1) < self._hazard_radius)
         return reward, cost, torch.zeros_like(cost, dtype=torch.bool)
+
+    def _pure_state(self) -> dict[str, Tensor]:
+        return self.robot.state()
+
+    def _load_pure_state(self, state: dict[str, Tensor]) -> None:
+        self.robot.load(state)
+
+    def _pure_transition(self, state: dict[str, Tensor], act: Tensor
+                         ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor]:
+        r = self.robot
+        motion = r.actuate(state["motion"], act)
+        pos, heading, direction = r.move(state["pos"], state["heading"], motion)
+        scan = relative(pos, self.objects.x, self.objects.y)
+        reward, cost, terminated = self._outcome(pos, motion[:, :1] * direction, scan[2] if self.with_hazards else None)
+        moved = {"pos": pos, "heading": heading, "motion": motion}
+        return moved, self._observation(motion, direction, heading, pos, scan), reward, cost, terminated
+
+    def _pure_start(self, u: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        pos, heading = self._start_pose(u)
+        motion, direction = torch.zeros_like(self.robot.motion), heading_direction(heading)
+        start = {"pos": pos, "heading": heading, "motion": motion}
+        return start, self._observation(motion, direction, heading, pos, relative(pos, self.objects.x, self.objects.y))
 
 
 @dataclass

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from safemeta.config.schema import spec
-from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, lidar_into, pad_objects,
-                                  place_objects, push_out_of_disks, relative)
+from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, heading_direction, lidar_into,
+                                  pad_objects, place_objects, push_out_of_disks, relative)
 from safemeta.registry import register_env
 from safemeta.errors import UserError
 from safemeta.rollout.task import IntRange, Range, Task, TaskFamily, draw
@@ -97,44 +97,35 @@ class GoalEnv(PureStepCMDP):
         reward = (before - after).add_(reached, alpha=self.cfg.goal_bonus)  # + bonus * 1 or 0: exact
         return reward, cost, reached
 
-    def pure_state(self) -> dict[str, Tensor]:
-        r = self.robot
-        return {"pos": r.pos, "heading": r.heading, "motion": r.motion, "t": self.t.clone(),
-                "goal_dist": self.objects.scan(r.pos)[2][:, 0]}
+    def _pure_state(self) -> dict[str, Tensor]:
+        return {**self.robot.state(), "goal_dist": self.objects.scan(self.robot.pos)[2][:, 0]}
 
-    def load_pure_state(self, state: dict[str, Tensor]) -> None:
-        with torch.inference_mode(False):  # ordinary tensors: `reset` and `step` write into t
-            self.robot.pos, self.robot.heading = state["pos"].clone(), state["heading"].clone()
-            self.robot.motion, self.t = state["motion"].clone(), state["t"].clone()
-        self._pushed = True  # unknown: the next eager step tests the pillars
+    def _load_pure_state(self, state: dict[str, Tensor]) -> None:
+        self.robot.load(state)
+        self._pushed = True  # not known: the next eager step tests the pillars
 
-    def pure_step(self, state: dict[str, Tensor], act: Tensor, u: Tensor
-                  ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """`step` as a pure function (`PureStepCMDP`): the pillar push runs on every step (a robot touching no
-        pillar is pushed by exactly 0), and the observation after a reset is computed for every env and kept
-        where an episode ended."""
+    def _pure_transition(self, state: dict[str, Tensor], act: Tensor
+                         ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor]:
+        """`_transition` + `_observe` on ``state``; the pillar push runs on every step (a robot that touches no
+        pillar is pushed by exactly 0)."""
         r = self.robot
-        motion = r.point_motion(state["motion"], self.clip_action(act))
+        motion = r.actuate(state["motion"], act)
         pos, heading, direction = r.move(state["pos"], state["heading"], motion)
         contact = None
         if self.push_radius > 1e-6:  # as `_near_pillar`: no contact below that radius
             pos, contact = push_out_of_disks(pos, *relative(pos, self.pillar_x, self.pillar_y), self.push_radius)
         scan = relative(pos, self.objects.x, self.objects.y)
         reward, cost, reached = self._outcome(state["goal_dist"], scan[2], contact)
-        final = self._observation(motion, direction, heading, scan)
-        t = state["t"] + 1
-        at_limit = t >= self.horizon
-        truncated = torch.gt(at_limit, reached)  # at the limit and not terminated
-        done = reached | at_limit
-        start, start_heading = self._start_pose(u)
-        pos = torch.where(done.unsqueeze(-1), start, pos)
-        heading = torch.where(done, start_heading, heading)
-        motion = torch.where(done.unsqueeze(-1), torch.zeros_like(motion), motion)
-        direction = torch.stack([torch.cos(heading), torch.sin(heading)], dim=-1)
+        moved = {"pos": pos, "heading": heading, "motion": motion, "goal_dist": scan[2][:, 0]}
+        return moved, self._observation(motion, direction, heading, scan), reward, cost, reached
+
+    def _pure_start(self, u: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        pos, heading = self._start_pose(u)
+        motion = torch.zeros_like(self.robot.motion)
+        direction = heading_direction(heading)
         scan = relative(pos, self.objects.x, self.objects.y)
-        obs = torch.where(done.unsqueeze(-1), self._observation(motion, direction, heading, scan), final)
-        state = {"pos": pos, "heading": heading, "motion": motion, "t": t.masked_fill(done, 0), "goal_dist": scan[2][:, 0]}
-        return state, obs, final, reward, cost, reached, truncated
+        start = {"pos": pos, "heading": heading, "motion": motion, "goal_dist": scan[2][:, 0]}
+        return start, self._observation(motion, direction, heading, scan)
 
     def _near_pillar(self, pos: Tensor) -> bool:
         """Whether any robot at ``pos`` is inside a pillar's push radius, from the scan the step shares.

@@ -46,6 +46,11 @@ class RobotSpec:
     wheelbase: float = 0.5  # car only
 
 
+def heading_direction(heading: Tensor) -> Tensor:
+    """(cos, sin) of headings ``[B]`` -> ``[B, 2]``."""
+    return torch.stack([torch.cos(heading), torch.sin(heading)], dim=-1)
+
+
 class Robot:
     """Batched robot state and dynamics; ``kind`` is ``point`` or ``car``.
 
@@ -104,30 +109,36 @@ class Robot:
         self.motion = torch.where(m, torch.zeros_like(self.motion), self.motion)
 
     def step(self, act: Tensor) -> None:
-        if self.kind == "point":
-            self.motion = self.point_motion(self.motion, act)
-        else:
-            target = (act @ self._mix) * self._scale / self._wheelbase
-            self.motion = self.motion + self._lag * (target - self.motion)
+        self.motion = self.actuate(self.motion, act)
         self.pos, self.heading, self._direction = self.move(self.pos, self.heading, self.motion)
 
+    def state(self) -> dict[str, Tensor]:
+        """``pos``, ``heading``, ``motion``: the robot's part of a `PureStepCMDP` state."""
+        return {"pos": self.pos, "heading": self.heading, "motion": self.motion}
+
+    def load(self, state: dict[str, Tensor]) -> None:
+        self.pos, self.heading, self.motion = state["pos"], state["heading"], state["motion"]
+
+    def actuate(self, motion: Tensor, act: Tensor) -> Tensor:
+        """(v, omega) after one step of the actuators at ``act``: a pure function of its arguments and the robot's
+        constants (`step`'s first half; compiled collection calls it too)."""
+        if self.kind == "point":  # v' = v + dt (k a - d v) for both columns at once
+            return motion + self._dt * (act * self._gain - self._damping * motion)
+        target = (act @ self._mix) * self._scale / self._wheelbase
+        return motion + self._lag * (target - motion)
+
     def move(self, pos: Tensor, heading: Tensor, motion: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """New position, heading and its (cos, sin) after ``dt`` at ``motion`` (v, omega): a pure function of its
-        arguments and the robot's constants (`step`'s second half; compiled collection calls it too)."""
+        """New position, heading and its (cos, sin) after ``dt`` at ``motion`` (v, omega): pure, as `actuate`."""
         moved = motion * self._dt  # (dt v, dt omega)
         heading = torch.remainder(heading + moved[:, 1] + self._pi, self._two_pi) - self._pi
-        direction = torch.stack([torch.cos(heading), torch.sin(heading)], dim=-1)
+        direction = heading_direction(heading)
         return pos + moved[:, :1] * direction, heading, direction
-
-    def point_motion(self, motion: Tensor, act: Tensor) -> Tensor:
-        """The point robot's actuators, v' = v + dt (k a - d v) for both columns: a pure function (see `move`)."""
-        return motion + self._dt * (act * self._gain - self._damping * motion)
 
     def direction(self) -> Tensor:
         """(cos, sin) of the heading ``[B, 2]``, computed once per heading (dynamics, velocity, observation
         and wall lidar all need it)."""
         if self._direction is None:
-            self._direction = torch.stack([torch.cos(self.heading), torch.sin(self.heading)], dim=-1)
+            self._direction = heading_direction(self.heading)
         return self._direction
 
     def velocity(self) -> Tensor:
@@ -246,7 +257,7 @@ def wall_lidar(pos: Tensor, heading: Tensor, half_width: Tensor, gain: float = 1
     ray and few passes over ``[B, 16]``.
     """
     if direction is None:
-        direction = torch.stack([torch.cos(heading), torch.sin(heading)], dim=-1)
+        direction = heading_direction(heading)
     c = direction @ _RAY_ROTATION.to(pos.device)
     along = c.abs()
     hit = along > 1e-6

@@ -1,7 +1,7 @@
 """Compiled collection (``trainer.compile_collection``, `safemeta.rollout.compiled`).
 
-- point-goal's `pure_step` is its `step`, bit for bit, through pillar pushes, terminations, truncations and
-  resets, given the reset draws the env would make (fast: no compilation).
+- point-goal's and the circle families' `pure_step` is their `step`, bit for bit, through pillar pushes,
+  terminations, truncations and resets, given the reset draws the env would make (fast: no compilation).
 - The compiled collector gives the eager collector's observations, actions, rewards and costs at the same seed
   within ``ATOL`` over a whole episode (one without a mid-rollout reset: the two draw reset positions
   differently), and its own graph run uncompiled within ``ATOL`` through terminations and resets. These compile (about a minute on one core
@@ -28,15 +28,23 @@ def _family(**cfg):
     return cls(cls.Config(**cfg))
 
 
-def test_pure_step_is_step_bit_for_bit_through_pushes_and_resets():
-    fam = _family(horizon=40, goal_radius=1.6, pillar_radius=0.5)  # big pillars: contacts within 100 steps
+@pytest.mark.parametrize("name, cfg", [
+    ("point-goal", {"horizon": 40, "goal_radius": 1.6, "pillar_radius": 0.5}),  # big pillars: contacts, goals reached
+    ("point-circle", {"horizon": 40}),
+    ("car-circle-hazard", {"horizon": 40}),
+])
+def test_pure_step_is_step_bit_for_bit_through_pushes_and_resets(name, cfg):
+    cls = env_registry.get(name)
+    fam = cls(cls.Config(**cfg))
     venv = fam.make(fam.sample(4, "train", np.random.default_rng(3)), 3, "cpu", 0)
     venv.reset(5)
     state = venv.pure_state()
     g = torch.Generator().manual_seed(0)
-    seen = {"reached": 0, "truncated": 0, "contact": 0}
+    seen = {"reached": 0, "truncated": 0, "contact": 0, "cost": 0}
     for _ in range(100):
         act = 2.0 * torch.randn(venv.num_envs, 2, generator=g)
+        if name != "point-goal":
+            act[:, 0] += 1.5  # mostly forward: far enough to cross the walls
         ahead = torch.Generator().set_state(venv.gen.get_state())  # what a reset at this step draws
         u = torch.rand(venv.num_envs, venv.reset_draws, generator=ahead)
         state, obs, final, rew, cost, term, trunc = venv.pure_step(state, act, u)
@@ -47,12 +55,15 @@ def test_pure_step_is_step_bit_for_bit_through_pushes_and_resets():
             assert torch.equal(a, b)
         seen["reached"] += int(term.sum())
         seen["truncated"] += int(trunc.sum())
-        seen["contact"] += int(venv._pushed)  # the eager step pushed a robot out of a pillar
-    assert seen["reached"] > 0 and seen["truncated"] > 0 and seen["contact"] > 0, seen
+        seen["contact"] += int(getattr(venv, "_pushed", False))  # the eager step pushed a robot out of a pillar
+        seen["cost"] += int(cost.sum())
+    assert seen["truncated"] > 0 and seen["cost"] > 0, seen
+    if name == "point-goal":
+        assert seen["reached"] > 0 and seen["contact"] > 0, seen
 
 
 def test_compiled_flag_on_a_family_without_a_pure_step_collects_eagerly():
-    cls = env_registry.get("point-circle")
+    cls = env_registry.get("point-button")
     fam = cls(cls.Config(horizon=30))
     tasks = fam.sample(2, "train", np.random.default_rng(0))
     actor = GaussianActor(fam.make(tasks, 1).obs_dim, 2, (16, 16), "tanh", -0.5)

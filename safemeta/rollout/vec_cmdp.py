@@ -199,28 +199,54 @@ class BatchedCMDP(VecCMDP):
 
 
 class PureStepCMDP(BatchedCMDP):
-    """A `BatchedCMDP` whose step is also written as a pure, branch-free function of its state, for compiled
-    collection (``trainer.compile_collection``, `safemeta.rollout.compiled`).
+    """A `BatchedCMDP` whose step is also a pure, branch-free function of its state, for compiled collection
+    (``trainer.compile_collection``, `safemeta.rollout.compiled`).
 
-    - ``pure_state() -> dict`` of the tensors that change from step to step (``t`` among them);
-      ``load_pure_state(state)`` puts such a dict back.
-    - ``pure_step(state, act, u) -> (state, obs, final_obs, reward, cost, terminated, truncated)`` is `step`
-      without side effects: the same transition, time limit and auto-reset, with the reset's random draws
-      given as ``u [B, reset_draws]`` (uniform in [0, 1), one row per env) instead of drawn from ``self.gen``
-      when an episode ends. It reads the env's constants (``self``) and writes nothing.
-
-    Before any reset its numbers are `step`'s, op for op (tests/test_compiled_collection.py); a reset
-    starts from ``u`` where `step` would draw ``rand(B, reset_draws)`` from ``self.gen`` at that step.
+    `pure_step` is `step` without side effects: the same transition, time limit and auto-reset, with the reset's
+    random draws given as ``u [B, reset_draws]`` (uniform in [0, 1), a row per env) where `step` draws
+    ``rand(B, reset_draws)`` from ``self.gen`` at a step that ends an episode. Given those draws its numbers are
+    `step`'s bit for bit (tests/test_compiled_collection.py). A family writes, next to its eager methods and
+    sharing their pieces:
+    - ``_pure_state() -> dict`` of the tensors that change from step to step (``t`` aside), ``_load_pure_state``;
+    - ``_pure_transition(state, act) -> (state, obs, reward, cost, terminated)`` from a clipped action: `_transition`
+      and `_observe` on ``state`` instead of the env's own;
+    - ``_pure_start(u) -> (state, obs)``: every env at the start `_reset_envs` would draw from ``u``.
     """
 
     reset_draws: int
 
-    @abstractmethod
-    def pure_state(self) -> dict[str, Tensor]: ...
+    def pure_state(self) -> dict[str, Tensor]:
+        return {"t": self.t.clone(), **self._pure_state()}
 
-    @abstractmethod
-    def load_pure_state(self, state: dict[str, Tensor]) -> None: ...
+    def load_pure_state(self, state: dict[str, Tensor]) -> None:
+        """Continue from ``state`` (`pure_step`'s) with the eager `step`."""
+        with torch.inference_mode(False):  # ordinary tensors: `reset` and `step` write into t
+            self.t = state["t"].clone()
+            self._load_pure_state({k: v.clone() for k, v in state.items() if k != "t"})
 
-    @abstractmethod
     def pure_step(self, state: dict[str, Tensor], act: Tensor, u: Tensor
-                  ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]: ...
+                  ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``(state, obs, final_obs, reward, cost, terminated, truncated)``: `step` from ``state``. The start state is
+        computed for every env and kept where an episode ended (`step` resets only those)."""
+        moved, final, reward, cost, terminated = self._pure_transition(state, self.clip_action(act))
+        t = state["t"] + 1
+        at_limit = t >= self.horizon
+        truncated = torch.gt(at_limit, terminated)  # at the limit and not terminated
+        done = terminated | at_limit
+        start, start_obs = self._pure_start(u)
+        keep = lambda new, old: torch.where(done.view(-1, *[1] * (old.dim() - 1)), new, old)  # noqa: E731
+        state = {"t": t.masked_fill(done, 0), **{k: keep(start[k], v) for k, v in moved.items()}}
+        return state, keep(start_obs, final), final, reward, cost, terminated, truncated
+
+    @abstractmethod
+    def _pure_state(self) -> dict[str, Tensor]: ...
+
+    @abstractmethod
+    def _load_pure_state(self, state: dict[str, Tensor]) -> None: ...
+
+    @abstractmethod
+    def _pure_transition(self, state: dict[str, Tensor], act: Tensor
+                         ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor]: ...
+
+    @abstractmethod
+    def _pure_start(self, u: Tensor) -> tuple[dict[str, Tensor], Tensor]: ...
