@@ -30,7 +30,8 @@ from torch import Tensor
 from safemeta.rollout.batch import Batch, episode_means
 from safemeta.rollout.obs_norm import RunningObsNorm
 from safemeta.rollout.params import Params
-from safemeta.rollout.compiled import compiled_rollout, steps_per_call
+from safemeta.errors import UserError
+from safemeta.rollout.compiled import compile_errors, compiled_rollout, steps_per_call
 from safemeta.rollout.policy import GaussianActor, actor_layers, bound_actor
 from safemeta.rollout.vec_cmdp import (BatchedCMDP, PureStepCMDP, VecCMDP, all_finite, check_finite, checked_reset,
                                        checked_step)
@@ -107,8 +108,13 @@ class Collector:
         for t0 in range(0, steps, k):
             noise = torch.stack([torch.randn(std.shape, generator=gen, device=gen.device) for _ in range(k)])
             u = torch.rand(k, venv.num_envs, venv.reset_draws, generator=venv.gen, device=venv.device)
-            state, obs, raw, chunk = rollout(venv, layers, act_fn, std, norm, state, obs, raw,
-                                             noise.to(std.device), u)
+            try:
+                state, obs, raw, chunk = rollout(venv, layers, act_fn, std, norm, state, obs, raw,
+                                                 noise.to(std.device), u)
+            except compile_errors() as err:  # e.g. no C++ compiler for TorchInductor on this machine
+                raise UserError(f"trainer.compile_collection=true: torch.compile failed for {type(venv).__name__} "
+                                f"({type(err).__name__}: {str(err).strip().splitlines()[0][:300]}). Set "
+                                "trainer.compile_collection=false to collect eagerly.") from err
             out.write(t0, chunk)
         venv.load_pure_state(state)
 

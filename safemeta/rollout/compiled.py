@@ -67,6 +67,13 @@ def compiled_rollout():
     return torch.compile(rollout_steps, dynamic=False, fullgraph=True, options={"cpp_wrapper": True})
 
 
+def compile_errors() -> tuple[type[Exception], ...]:
+    """What a failed compilation raises (dynamo's and inductor's errors, e.g. no C++ compiler found)."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    return (TorchDynamoException,)
+
+
 def steps_per_call(steps: int) -> int:
     """The largest k <= `STEPS_PER_CALL` dividing a collection's ``steps``: one compiled shape per collection."""
     return next(k for k in range(min(STEPS_PER_CALL, steps), 0, -1) if steps % k == 0)
