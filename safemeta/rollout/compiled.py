@@ -4,7 +4,9 @@ At meta-RL's small batches (point-goal's preset: 5 tasks x 2 envs) an eager step
 fixed dispatch cost is the step's cost (issue 16). For an env that is a `PureStepCMDP` the collector can instead
 call `rollout_steps`, compiled by TorchInductor: the Gaussian actor (`layer_chain`), the noise, the env's
 `pure_step` and the observation normalization of ``k`` steps become a few fused C++ loops plus the actor's
-batched matmuls, and the compiled function's guards and wrapper are paid once per ``k`` steps.
+batched matmuls, and the compiled function's guards and wrapper are paid once per ``k`` steps. Inductor's C++
+wrapper (``cpp_wrapper``) runs the graph: its default Python wrapper cost as much again at point-goal 5 x 2
+(benchmarks/README.md, "Collection speed", session 2026-12-03 (third)).
 
 The same as the eager collector: the action noise (drawn per step from the run's generator, as the eager loop
 draws it), the buffers, the boundary checks and the normalization's moments. Different:
@@ -28,7 +30,7 @@ from safemeta.rollout.obs_norm import normalize
 from safemeta.rollout.policy import layer_chain
 from safemeta.rollout.vec_cmdp import PureStepCMDP, all_finite
 
-STEPS_PER_CALL = 8  # k: steps per compiled call (longer graphs compile for longer and gain little past this)
+STEPS_PER_CALL = 8  # k: steps per call; the compile time grows with k (k = 1 ran at half k = 8's speed in a probe)
 RECOMPILE_LIMIT = 64  # shapes one process may compile (train, meta-test and scoring batches differ)
 
 
