@@ -6,7 +6,8 @@ themselves when an episode ends; ``info["final_obs"]`` holds the last observatio
 episode so that a truncated episode can be bootstrapped from it.
 
 `BatchedCMDP` implements the bookkeeping (time limit, auto-reset, final observation) once; a family
-only writes ``_reset_envs`` and ``_transition``.
+only writes ``_reset_envs`` and ``_transition``. `PureStepCMDP` adds the step as a pure function, which
+compiled collection uses.
 """
 from __future__ import annotations
 
@@ -211,6 +212,7 @@ class PureStepCMDP(BatchedCMDP):
     - ``_pure_transition(state, act) -> (state, obs, reward, cost, terminated)`` from a clipped action: `_transition`
       and `_observe` on ``state`` instead of the env's own;
     - ``_pure_start(u) -> (state, obs)``: every env at the start `_reset_envs` would draw from ``u``.
+    A subclass that changes the eager step (e.g. overrides ``_transition``) changes the pure methods with it.
     """
 
     reset_draws: int
