@@ -23,7 +23,7 @@ from torch import Tensor
 
 from safemeta.config.schema import spec
 from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, heading_direction, lidar_into,
-                                  pad_objects, place_objects, relative, wall_lidar)
+                                  pad_objects, place_objects, proprio, relative, wall_lidar)
 from safemeta.registry import register_env
 from safemeta.rollout.task import IntRange, Range, Task, TaskFamily, draw
 from safemeta.rollout.vec_cmdp import PureStepCMDP
@@ -74,7 +74,7 @@ class CircleEnv(PureStepCMDP):
                      scan: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """proprio | centre lidar | wall lidar | hazard lidar, from the robot's state and its scan of the objects."""
         walls = wall_lidar(pos, heading, self._wall_column, direction=direction)
-        obs = torch.cat([motion, direction, self._centre_zeros, walls, *self._hazard_zeros], dim=-1)
+        obs = proprio(motion, direction, self._centre_zeros, walls, *self._hazard_zeros)
         return lidar_into(obs, *scan, heading, self.objects.column)
 
     def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]:

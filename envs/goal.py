@@ -19,7 +19,7 @@ from torch import Tensor
 
 from safemeta.config.schema import spec
 from safemeta.envs.planar import (LIDAR_BINS, PROPRIO_DIM, PointObjects, Robot, heading_direction, lidar_into,
-                                  pad_objects, place_objects, push_out_of_disks, relative)
+                                  pad_objects, place_objects, proprio, push_out_of_disks, relative)
 from safemeta.registry import register_env
 from safemeta.errors import UserError
 from safemeta.rollout.task import IntRange, Range, Task, TaskFamily, draw
@@ -73,8 +73,7 @@ class GoalEnv(PureStepCMDP):
     def _observation(self, motion: Tensor, direction: Tensor, heading: Tensor, scan: tuple[Tensor, Tensor, Tensor]
                      ) -> Tensor:
         """proprio | goal lidar | hazard lidar | pillar lidar, from the robot's state and its scan of the objects."""
-        return lidar_into(torch.cat([motion, direction, self._lidar_zeros], dim=-1), *scan, heading,
-                          self.objects.column)
+        return lidar_into(proprio(motion, direction, self._lidar_zeros), *scan, heading, self.objects.column)
 
     def _transition(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         before = self.objects.scan(self.robot.pos)[2][:, 0]  # the previous observation's scan

@@ -51,6 +51,12 @@ def heading_direction(heading: Tensor) -> Tensor:
     return torch.stack([torch.cos(heading), torch.sin(heading)], dim=-1)
 
 
+def proprio(motion: Tensor, direction: Tensor, *more: Tensor) -> Tensor:
+    """``[B, 4]`` (v, omega, cos, sin) from ``motion`` (v, omega) and ``direction`` (cos, sin), followed by the
+    columns of ``more`` if given (one cat for a whole observation)."""
+    return torch.cat([motion, direction, *more], dim=-1)
+
+
 class Robot:
     """Batched robot state and dynamics; ``kind`` is ``point`` or ``car``.
 
@@ -146,9 +152,8 @@ class Robot:
         return self.motion[:, :1] * self.direction()
 
     def proprio(self, *more: Tensor) -> Tensor:
-        """``[B, 4]`` (v, omega, cos, sin), followed by the columns of ``more`` if given (one cat for a whole
-        observation)."""
-        return torch.cat([self.motion, self.direction(), *more], dim=-1)
+        """`proprio` of the robot's own state."""
+        return proprio(self.motion, self.direction(), *more)
 
 
 FAR = 1e6  # where padding objects sit: exp(-gain * distance) is exactly 0 there and no radius test reaches them
